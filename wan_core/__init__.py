@@ -1,0 +1,15 @@
+"""wan_core: the Wan2.1 video engine in pure PyTorch (no ComfyUI imports; see DESIGN.md §3)."""
+
+from .config import PRESETS, DiTConfig, detect
+from .constants import LATENT_MEAN, LATENT_STD, NEGATIVE_PROMPT
+from .dit import WanDiT
+from .dit_loading import load_dit
+from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
+from .latents import denormalize_latents, normalize_latents
+from .sampling import SAMPLERS, sample
+
+__all__ = [
+    "PRESETS", "DiTConfig", "detect", "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "WanDiT", "load_dit",
+    "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError", "normalize_latents",
+    "denormalize_latents", "SAMPLERS", "sample",
+]

@@ -1,0 +1,80 @@
+"""Numbers of the Wan2.1 model family, named once (DESIGN §4-5).
+
+Every other module imports these instead of repeating a literal.
+"""
+
+from __future__ import annotations
+
+from .errors import InputError
+
+LATENT_CHANNELS = 16
+"""Channels of a Wan2.1 VAE latent."""
+
+VAE_STRIDE = (4, 8, 8)
+"""(time, height, width) down-sampling of the VAE: 4n+1 frames -> n+1 latent frames."""
+
+PATCH_SIZE = (1, 2, 2)
+"""(time, height, width) patch of the DiT's patch embedding, in latent cells."""
+
+TEXT_LEN = 512
+"""Text tokens the DiT cross-attends to (prompts are zero-padded to this length)."""
+
+TEXT_DIM = 4096
+"""Width of the UMT5-XXL encoder states."""
+
+CLIP_TOKENS = 257
+"""Tokens of one image from the CLIP ViT-H/14 penultimate block (1 class + 16x16 patches)."""
+
+CLIP_DIM = 1280
+"""Width of the CLIP ViT-H/14 tokens."""
+
+NUM_TRAIN_TIMESTEPS = 1000
+"""The DiT's time input is t = 1000 * sigma."""
+
+PIXEL_MULTIPLE = VAE_STRIDE[1] * PATCH_SIZE[1]
+"""Width and height must be multiples of this (16) to pass both the VAE and the patch embedding."""
+
+LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+"""Per-channel mean of raw VAE latents; normalized = (raw - mean) / std."""
+
+LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+"""Per-channel standard deviation of raw VAE latents."""
+
+NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
+    "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+"""The official default negative prompt (wan/configs/shared_config.py)."""
+
+
+def latent_frames(frames: int) -> int:
+    """Latent frame count for ``frames`` video frames (4n+1 -> n+1)."""
+    return (frames - 1) // VAE_STRIDE[0] + 1
+
+
+def check_frame_count(frames: int) -> None:
+    """Raise :class:`InputError` unless ``frames`` is 4n+1; the message names the nearest valid counts."""
+    step = VAE_STRIDE[0]
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise InputError(f"frame count must be a positive integer of the form {step}n+1, got {frames!r}")
+    if (frames - 1) % step:
+        lower = frames - (frames - 1) % step
+        upper = lower + step
+        raise InputError(
+            f"frame count {frames} is not of the form {step}n+1 (the VAE packs {step} frames per latent "
+            f"frame after the first); use {lower} or {upper}")
+
+
+def check_pixel_size(width: int, height: int, multiple: int = PIXEL_MULTIPLE) -> None:
+    """Raise :class:`InputError` unless width and height are positive multiples of ``multiple``."""
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < multiple:
+            raise InputError(f"{name} must be an integer of at least {multiple}, got {value!r}")
+        if value % multiple:
+            lower = value - value % multiple
+            raise InputError(
+                f"{name} {value} is not a multiple of {multiple} (VAE stride 8 x patch 2); "
+                f"use {lower} or {lower + multiple}")

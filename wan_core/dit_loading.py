@@ -1,0 +1,157 @@
+"""``load_dit``: a Wan2.1 DiT from any of the checkpoint layouts users have.
+
+Layouts: official keys (``blocks.0.self_attn.q.weight``), the same under ComfyUI's
+``model.diffusion_model.`` prefix, diffusers names (``blocks.0.attn1.to_q.weight``), ComfyUI
+"scaled fp8" files (a ``scaled_fp8`` marker and a ``<layer>.scale_weight`` per fp8 Linear), and
+``.pth`` state dicts (weights_only). The model is built on ``meta`` and takes the file's tensors
+with ``assign=True``, so weights are never held twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import torch
+
+from .checkpoint import check_keys, open_state_dict, place, require_kind
+from .config import DiTConfig, detect
+from .dit import WanDiT
+from .errors import CheckpointError
+from .layers import CastLinear, LinearFactory
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+SCALED_FP8_MARKER = "scaled_fp8"
+
+# Official -> diffusers key rewrites, applied in order to each official key.
+_TO_DIFFUSERS: tuple[tuple[str, str], ...] = (
+    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
+    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
+    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
+    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
+    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
+    (r"^img_emb\.proj\.0\.", "condition_embedder.image_embedder.norm1."),
+    (r"^img_emb\.proj\.1\.", "condition_embedder.image_embedder.ff.net.0.proj."),
+    (r"^img_emb\.proj\.3\.", "condition_embedder.image_embedder.ff.net.2."),
+    (r"^img_emb\.proj\.4\.", "condition_embedder.image_embedder.norm2."),
+    (r"^img_emb\.emb_pos$", "condition_embedder.image_embedder.pos_embed"),
+    (r"^head\.modulation$", "scale_shift_table"),
+    (r"^head\.head\.", "proj_out."),
+    (r"\.modulation$", ".scale_shift_table"),
+    (r"\.self_attn\.", ".attn1."),
+    (r"\.cross_attn\.", ".attn2."),
+    (r"\.norm3\.", ".norm2."),  # the affine cross-attention norm is norm3 officially, norm2 in diffusers
+    (r"\.ffn\.0\.", ".ffn.net.0.proj."),
+    (r"\.ffn\.2\.", ".ffn.net.2."),
+    (r"\.q\.", ".to_q."), (r"\.k\.", ".to_k."), (r"\.v\.", ".to_v."), (r"\.o\.", ".to_out.0."),
+    (r"\.k_img\.", ".add_k_proj."), (r"\.v_img\.", ".add_v_proj."), (r"\.norm_k_img\.", ".norm_added_k."),
+)
+
+
+def official_to_diffusers(key: str) -> str:
+    """The diffusers ``WanTransformer3DModel`` name of an official DiT key."""
+    for pattern, replacement in _TO_DIFFUSERS:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _official_keys(num_layers: int) -> list[str]:
+    """Every official key a DiT with ``num_layers`` blocks can have (all variants' keys together)."""
+    with torch.device("meta"):
+        superset = WanDiT(DiTConfig("flf2v", dim=128, ffn_dim=128, num_layers=num_layers, in_dim=36))
+    return list(superset.state_dict())
+
+
+def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a diffusers-layout DiT state dict to official keys; unknown keys are kept as they are."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    table = {official_to_diffusers(k): k for k in _official_keys(max(blocks, default=-1) + 1)}
+    out = {}
+    for key, value in state.items():
+        stem, suffix = _split_scale(key)
+        base = table.get(stem + ".weight" if suffix else stem)
+        out[(base[: -len(".weight")] + suffix) if (base and suffix) else (base or key)] = value
+    return out
+
+
+def _split_scale(key: str) -> tuple[str, str]:
+    for suffix in SCALE_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix
+    return key, ""
+
+
+def to_official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ComfyUI's prefix and convert diffusers names, so keys match :class:`WanDiT`'s."""
+    for prefix in PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    if "scale_shift_table" in state or any(".attn1.to_q." in k for k in state):
+        state = diffusers_to_official(state)
+    return state
+
+
+def _pop_scales(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the scaled-fp8 marker and per-layer scales; return ``{layer: scale_weight}``."""
+    state.pop(SCALED_FP8_MARKER, None)
+    scales = {}
+    for key in [k for k in state if k.endswith(SCALE_SUFFIXES)]:
+        stem, suffix = _split_scale(key)
+        value = state.pop(key)
+        if suffix == ".scale_weight":
+            scales[stem] = value
+    return scales
+
+
+def _placed(state, scales, device, dtype):
+    """Tensors on ``device`` in the requested storage dtype; fp8 applies to Linear weights only."""
+    fp8 = dtype is not None and dtype.itemsize == 1
+    out = {}
+    for key, value in state.items():
+        stem = key[: -len(".weight")] if key.endswith(".weight") else None
+        if stem in scales and not fp8 and dtype is not None:  # dequantize scaled fp8 into the wanted dtype
+            value = value.to(torch.float32) * scales.pop(stem).float().reshape(-1, *([1] * (value.dim() - 1)))
+        want = dtype if not fp8 or (stem is not None and value.dim() == 2) else None
+        out[key] = place(value, device, want)
+    return out
+
+
+def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device="cpu",
+             compute_dtype: torch.dtype | None = None, linear: LinearFactory = CastLinear) -> WanDiT:
+    """Load a Wan2.1 DiT (t2v / i2v / flf2v, detected from the tensors) from ``path``.
+
+    dtype: storage dtype of the weights (None keeps the file's; fp8 stores Linear weights only).
+    compute_dtype: dtype of the matrix products (default fp32 on CPU, bf16 elsewhere).
+    Raises :class:`CheckpointError` before building anything if the file is truncated, of another
+    kind, or does not match the detected architecture (listing the missing/unexpected keys).
+    """
+    state = open_state_dict(path)
+    require_kind(path, state.keys(), "dit")
+    state = to_official_layout(state)
+    scales = _pop_scales(state)
+    config = detect({k: v.shape for k, v in state.items()}, str(path))
+    device = torch.device(device)
+    if compute_dtype is None:
+        compute_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    with torch.device("meta"):
+        model = WanDiT(config, linear=linear, compute_dtype=compute_dtype)
+    check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, f"a {config.label} DiT")
+    model.load_state_dict(_placed(state, scales, device, dtype), assign=True, strict=True)
+    _attach_scales(model, scales, device, path)
+    model.to(device)  # the non-persistent rotary tables
+    log.info("loaded %s from %s (%s weights, %s compute)", config.label, path,
+             dtype or next(iter(state.values())).dtype, compute_dtype)
+    return model.eval().requires_grad_(False)
+
+
+def _attach_scales(model: WanDiT, scales: dict[str, torch.Tensor], device, path) -> None:
+    for name, scale in scales.items():
+        module = model.get_submodule(name) if name else None
+        if not isinstance(module, CastLinear):
+            raise CheckpointError(f"{path}: scale for {name!r}, which is not a scaled Linear of this model")
+        module.scale_weight = scale.to(device=device, dtype=torch.float32)

@@ -1,0 +1,17 @@
+"""The package's exceptions: every user-facing failure names the value and the fix."""
+
+
+class WanCoreError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InputError(WanCoreError, ValueError):
+    """A user-supplied value (size, frame count, dtype, conditioning) is not usable."""
+
+
+class CheckpointError(WanCoreError):
+    """A checkpoint file is unreadable, of the wrong kind, or does not match the model."""
+
+
+class RenderInterrupted(WanCoreError):
+    """A render was cancelled through the interrupt callback; nothing was written."""
