@@ -1,16 +1,10 @@
 """ComfyUI entry point of ComfyUI-WanCore: the classic node mappings (see DESIGN.md §2).
 
-ComfyUI imports this file as a package from ``custom_nodes/<any folder>/``; the node classes live
-in the relative package ``.nodes`` and the engine in ``wan_core``.
+ComfyUI imports this file as a package from ``custom_nodes/<any folder>/``. The node classes live
+in the relative package ``.nodes`` and reach the engine relatively (``..wan_core``), so nothing
+is added to ``sys.path`` and ComfyUI's own top-level ``nodes`` module is never shadowed.
 """
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # make the bundled engine importable when the pack is not pip-installed
-    sys.path.append(_HERE)
-
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
