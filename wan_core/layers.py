@@ -106,12 +106,14 @@ def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0) -> tu
     """cos and sin tables ``[max_positions, head_dim // 2]`` (float32) for 3-axis rotary embedding.
 
     Columns are the frame axis' pairs, then height's, then width's; the axis with ``n`` pairs uses
-    the frequencies theta^(-2k / 2n), k < n.
+    the frequencies theta^(-2k / 2n), k < n. Always built on CPU (even inside a ``meta`` device
+    context): these are derived values, not weights, so a model built on ``meta`` still has them.
     """
     columns = []
     for pairs in rope_axis_sizes(head_dim):
-        inv = 1.0 / torch.pow(theta, torch.arange(pairs, dtype=torch.float64) * 2 / (2 * pairs))
-        columns.append(torch.outer(torch.arange(max_positions, dtype=torch.float64), inv))
+        exponents = torch.arange(pairs, dtype=torch.float64, device="cpu") * 2 / (2 * pairs)
+        inv = 1.0 / torch.pow(theta, exponents)
+        columns.append(torch.outer(torch.arange(max_positions, dtype=torch.float64, device="cpu"), inv))
     angles = torch.cat(columns, dim=1)
     return torch.cos(angles).float(), torch.sin(angles).float()
 
