@@ -78,7 +78,6 @@ def test_pack_loads_by_file_location_under_another_name():
 def test_only_wan_core_is_installable():
     """The packages setuptools would install, from pyproject's own find rule, are wan_core's only."""
     import tomllib
-
     from setuptools import find_packages
 
     rule = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]

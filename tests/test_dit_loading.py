@@ -47,7 +47,8 @@ FP8_VS_BF16 = 32
 def _fp8_bound(state, tmp_path):
     """Allowed RMS error of an fp8 model: FP8_VS_BF16 x the bf16-rounded model's measured error."""
     exact = _output(wan_core.load_dit(_save(state, tmp_path)))
-    bf16 = _output(wan_core.load_dit(_save({k: v.to(torch.bfloat16) for k, v in state.items()}, tmp_path, "bf16.safetensors")))
+    rounded = {k: v.to(torch.bfloat16) for k, v in state.items()}
+    bf16 = _output(wan_core.load_dit(_save(rounded, tmp_path, "bf16.safetensors")))
     return exact, FP8_VS_BF16 * _rms_rel(bf16, exact)
 
 

@@ -1,58 +1,14 @@
-"""Import pieces of the official Wan code (PyPI ``wan22``, module ``wan``) on a CPU-only torch.
-
-``wan/__init__.py`` imports every pipeline, and ``wan.modules`` pulls in CUDA-only code at import,
-so both packages are replaced by empty stand-ins that only carry their ``__path__``; the needed
-submodules are then imported directly. ``flash_attention`` (CUDA-only) is replaced by an fp32
-scaled-dot-product attention with the same key-length masking.
-"""
+"""The official Wan code for parity tests; the test is skipped, visibly, when wan22 is absent."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
-
 import pytest
-import torch
-import torch.nn.functional as F
 
-
-def _stub_package(name: str, path: str) -> None:
-    if name in sys.modules and getattr(sys.modules[name], "__wancore_stub__", False):
-        return
-    module = types.ModuleType(name)
-    module.__path__ = [path]
-    module.__wancore_stub__ = True
-    sys.modules[name] = module
-
-
-def sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, softmax_scale=None,
-                         q_scale=None, causal=False, window_size=(-1, -1), deterministic=False,
-                         dtype=None, version=None):
-    """fp32 stand-in for ``wan.modules.attention.flash_attention``: q/k/v ``[B, L, heads, d]``."""
-    out_dtype = q.dtype
-    q, k, v = (t.float().transpose(1, 2) for t in (q, k, v))
-    if q_scale is not None:
-        q = q * q_scale
-    mask = None
-    if k_lens is not None:
-        keys = torch.arange(k.shape[2])
-        mask = (keys[None, :] < k_lens[:, None].cpu()).view(k.shape[0], 1, 1, -1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale, is_causal=causal)
-    return out.transpose(1, 2).to(out_dtype)
+from wan_core.bench import references
 
 
 def wan_module(name: str):
-    """Import ``wan.<name>`` (e.g. ``modules.model``) from the installed ``wan22`` distribution."""
-    spec = importlib.util.find_spec("wan") if "wan" not in sys.modules else None
-    if spec is None and "wan" not in sys.modules:
-        pytest.skip("the reference implementation wan22 is not installed (pip install --no-deps wan22)")
-    root = spec.submodule_search_locations[0] if spec else sys.modules["wan"].__path__[0]
-    _stub_package("wan", root)
-    _stub_package("wan.modules", f"{root}/modules")
-    _stub_package("wan.utils", f"{root}/utils")
-    module = importlib.import_module(f"wan.{name}")
-    if name == "modules.model":
-        module.flash_attention = sdpa_flash_attention
-    return module
+    try:
+        return references.wan_module(name)
+    except ImportError as err:
+        pytest.skip(str(err))

@@ -12,8 +12,19 @@ from torch import nn
 
 from .config import DiTConfig
 from .errors import InputError
-from .layers import (CastLinear, FP32LayerNorm, LinearFactory, RMSNorm, apply_rope, attention, cast_weight,
-                     gelu_tanh, rope_grid, rope_tables, sinusoidal_embedding)
+from .layers import (
+    CastLinear,
+    FP32LayerNorm,
+    LinearFactory,
+    RMSNorm,
+    apply_rope,
+    attention,
+    cast_weight,
+    gelu_tanh,
+    rope_grid,
+    rope_tables,
+    sinusoidal_embedding,
+)
 
 MAX_ROPE_POSITIONS = 1024
 """Rows of the rotary tables: the longest frame, height or width token axis supported."""
