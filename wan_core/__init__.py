@@ -7,9 +7,11 @@ from .dit_loading import load_dit
 from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
 from .latents import denormalize_latents, normalize_latents
 from .sampling import SAMPLERS, sample
+from .vae import WanVAE
+from .vae_loading import load_vae
 
 __all__ = [
     "PRESETS", "DiTConfig", "detect", "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "WanDiT", "load_dit",
     "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError", "normalize_latents",
-    "denormalize_latents", "SAMPLERS", "sample",
+    "denormalize_latents", "SAMPLERS", "sample", "WanVAE", "load_vae",
 ]

@@ -7,6 +7,7 @@ official layout; each implementation runs in its own process on that file and th
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -89,13 +90,14 @@ def _build(impl: str, weights: str):
 
 
 def worker(impl: str, weights: str, runs: int) -> dict:
-    """Run in a fresh process: load, then time ``runs`` forwards per shape; returns a JSON-able dict."""
+    """Run in a fresh process: load, warm up, then time ``runs`` forwards per shape (JSON-able dict)."""
     torch.set_grad_enabled(False)
     with PeakSampler() as load_peak:
         fn = _build(impl, weights)
     result = {"impl": impl, "load_peak": load_peak.peak, "shapes": []}
     for shape in SHAPES:
         x, t, c = _inputs(shape)
+        fn(x, t, c)  # warm-up: page the weights in, so every implementation is timed warm
         with PeakSampler() as fwd_peak:
             seconds, times = median_seconds(lambda x=x, t=t, c=c: fn(x, t, c), runs)
         out = fn(x, t, c)
@@ -116,10 +118,11 @@ def matmul_roof(shape: tuple[int, ...], runs: int = 3) -> float:
 
 def main(runs: int = 3, impls=IMPLS) -> None:
     print(f"DiT forward, real {CONFIG.label} config, random fp32 weights, CPU, {torch.get_num_threads()} threads, "
-          f"median of {runs}")
+          f"median of {runs} after a warm-up")
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "t2v_1.3B_random.safetensors"
         write_random_weights(weights)
+        os.sync()  # finish writing the file before timing anything
         results = {impl: run_worker("wan_core.bench.dit", impl, str(weights), str(runs)) for impl in impls}
     ours = results["wan_core"]
     for i, shape in enumerate(SHAPES):
