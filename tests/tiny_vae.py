@@ -34,3 +34,17 @@ def video(frames: int, height: int = 32, width: int = 48, seed: int = 1) -> torc
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, frames, height // 8, width // 8, generator=gen) * 2 - 1
     return torch.nn.functional.interpolate(coarse, size=(frames, height, width), mode="trilinear")
+
+
+def local_reference_vae(seed: int = 0):
+    """A random VAE whose decoding is local, as a trained one's is: the middle attention's output
+    projection is zero (the official initialization) and residual branches are damped, so a
+    pixel depends mostly on nearby latents. Tiling error is only meaningful for such a model."""
+    model = reference_vae(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".proj." in name:
+                p.zero_()
+            elif ".residual.6." in name:
+                p.mul_(0.3)
+    return model

@@ -41,12 +41,28 @@ def _axis_weights(starts: list[int], tile: int, scale: int) -> list[torch.Tensor
     return weights
 
 
+def _rise(n: int) -> torch.Tensor:
+    """Weights over an overlap of ``n`` cells, from this tile's edge inwards.
+
+    Zero over the outer quarter (the tile's edge cells are the least accurate: its decoder saw
+    zero padding there instead of the neighbour), a raised-cosine rise over the middle half, one
+    over the inner quarter. Mirrored on the neighbour, so the pair always sums to a positive weight.
+    """
+    margin = n // 4
+    rise = n - 2 * margin
+    w = torch.ones(n, dtype=torch.float32)
+    w[:margin] = 0.0
+    w[margin:margin + rise] = torch.sin(0.5 * math.pi * (torch.arange(rise) + 0.5) / rise) ** 2
+    return w
+
+
 def _edge_ramp(length: int, before: int, after: int) -> torch.Tensor:
+    """Blend weights ``[length]`` of one tile with ``before`` / ``after`` cells shared with its neighbours."""
     w = torch.ones(length, dtype=torch.float32)
     if before:
-        w[:before] = torch.sin(0.5 * math.pi * (torch.arange(before) + 0.5) / before) ** 2
+        w[:before] = _rise(before)
     if after:
-        w[length - after:] *= torch.sin(0.5 * math.pi * (torch.arange(after).flip(0) + 0.5) / after) ** 2
+        w[length - after:] *= _rise(after).flip(0)
     return w
 
 
