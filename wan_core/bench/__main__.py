@@ -7,14 +7,20 @@ import argparse
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m wan_core.bench", description=__doc__)
-    parser.add_argument("what", choices=["dit"], help="which benchmark to run")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per case (the median is reported)")
+    parser.add_argument("what", choices=["dit", "vae"], help="which benchmark to run")
+    parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
+    parser.add_argument("--size", choices=["small", "full"], default="small",
+                        help="vae: 9 frames at 256x256 (small) or 17 frames at 832x480 (full, slow on CPU)")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     args = parser.parse_args(argv)
     if args.what == "dit":
         from . import dit
 
-        dit.main(runs=args.runs, impls=tuple(args.impl or dit.IMPLS))
+        dit.main(runs=args.runs or 3, impls=tuple(args.impl or dit.IMPLS))
+    elif args.what == "vae":
+        from . import vae
+
+        vae.main(runs=args.runs or 1, size=args.size, impls=tuple(args.impl or vae.IMPLS))
 
 
 if __name__ == "__main__":
