@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from wan_core.errors import InputError
-from wan_core.video_io import (extension, images_to_video, next_output_path, read_metadata, read_video,
-                               video_to_images, write_video)
+from wan_core.video_io import (
+    extension,
+    images_to_video,
+    next_output_path,
+    read_metadata,
+    read_video,
+    video_to_images,
+    write_video,
+)
 
 FRAMES = 17
 # Mean abs error per channel value (0..1) for the moving-gradient clip at default quality:

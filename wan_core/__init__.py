@@ -8,8 +8,8 @@ from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
 from .latents import denormalize_latents, normalize_latents
 from .sampling import SAMPLERS, sample
 from .vae import WanVAE
-from .video_io import Clip, read_metadata, read_video, write_video
 from .vae_loading import load_vae
+from .video_io import Clip, read_metadata, read_video, write_video
 
 __all__ = [
     "PRESETS", "DiTConfig", "detect", "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "WanDiT", "load_dit",

@@ -182,7 +182,8 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     webm (lower is better; defaults 19 / 24 / 30) and is ignored by gif, mov (ProRes 422 standard)
     and png. Odd sizes: H.264, H.265 (4:2:0) and ProRes (4:2:2) need even sides, so the last row
     and/or column is repeated (the file is one pixel larger); VP9, gif and png keep the size.
-    GIF stores frame delays in 1/100 s, so its rate becomes 100 / round(100 / fps) (16 -> 16.67). ``metadata`` (e.g. ``prompt`` / ``workflow`` JSON) goes into the container tags
+    GIF stores frame delays in 1/100 s, so its rate becomes 100 / round(100 / fps) (16 -> 16.67).
+    ``metadata`` (e.g. ``prompt`` / ``workflow`` JSON) goes into the container tags
     (mp4 / mov / webm) or PNG text chunks of the first image; gif cannot hold it.
     The file is written under a temporary name in the same folder and renamed when complete; on
     any error or interrupt the temporary file is removed. An existing file is never replaced:
