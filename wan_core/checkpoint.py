@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .layers import CastLinear
 from .safetensors_io import load_mmap
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -114,3 +115,45 @@ def place(tensor: torch.Tensor, device, dtype: torch.dtype | None) -> torch.Tens
     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         return tensor.to(device=device, dtype=dtype)
     return tensor.to(device=device)
+
+
+SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+SCALED_FP8_MARKER = "scaled_fp8"
+
+
+def pop_fp8_scales(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove ComfyUI's scaled-fp8 marker and per-layer scales; return ``{layer name: scale_weight}``."""
+    state.pop(SCALED_FP8_MARKER, None)
+    scales = {}
+    for key in [k for k in state if k.endswith(SCALE_SUFFIXES)]:
+        value = state.pop(key)
+        if key.endswith(".scale_weight"):
+            scales[key[: -len(".scale_weight")]] = value
+    return scales
+
+
+def placed_state(state: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], device,
+                 dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Tensors on ``device`` in the requested storage dtype (None keeps the file's).
+
+    An fp8 dtype applies to Linear weights (2-D ``.weight``) only. A non-fp8 dtype dequantizes
+    scaled-fp8 weights (``w * scale``), and their scales are removed from ``scales``.
+    """
+    fp8 = dtype is not None and dtype.itemsize == 1
+    out = {}
+    for key, value in state.items():
+        stem = key[: -len(".weight")] if key.endswith(".weight") else None
+        if stem in scales and dtype is not None and not fp8:
+            value = value.to(torch.float32) * scales.pop(stem).float().reshape(-1, *([1] * (value.dim() - 1)))
+        want = dtype if not fp8 or (stem is not None and value.dim() == 2) else None
+        out[key] = place(value, device, want)
+    return out
+
+
+def attach_fp8_scales(model: torch.nn.Module, scales: dict[str, torch.Tensor], device, path) -> None:
+    """Give each scaled Linear its ``scale_weight`` (applied when the weight is cast for compute)."""
+    for name, scale in scales.items():
+        module = model.get_submodule(name) if name else None
+        if not isinstance(module, CastLinear):
+            raise CheckpointError(f"{path}: scale for {name!r}, which is not a scaled Linear of this model")
+        module.scale_weight = scale.to(device=device, dtype=torch.float32)

@@ -15,17 +15,22 @@ import re
 
 import torch
 
-from .checkpoint import check_keys, open_state_dict, place, require_kind
+from .checkpoint import (
+    SCALE_SUFFIXES,
+    attach_fp8_scales,
+    check_keys,
+    open_state_dict,
+    placed_state,
+    pop_fp8_scales,
+    require_kind,
+)
 from .config import DiTConfig, detect
 from .dit import WanDiT
-from .errors import CheckpointError
 from .layers import CastLinear, LinearFactory
 
 log = logging.getLogger(__name__)
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
-SCALE_SUFFIXES = (".scale_weight", ".scale_input")
-SCALED_FP8_MARKER = "scaled_fp8"
 
 # Official -> diffusers key rewrites, applied in order to each official key.
 _TO_DIFFUSERS: tuple[tuple[str, str], ...] = (
@@ -96,31 +101,6 @@ def to_official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return state
 
 
-def _pop_scales(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the scaled-fp8 marker and per-layer scales; return ``{layer: scale_weight}``."""
-    state.pop(SCALED_FP8_MARKER, None)
-    scales = {}
-    for key in [k for k in state if k.endswith(SCALE_SUFFIXES)]:
-        stem, suffix = _split_scale(key)
-        value = state.pop(key)
-        if suffix == ".scale_weight":
-            scales[stem] = value
-    return scales
-
-
-def _placed(state, scales, device, dtype):
-    """Tensors on ``device`` in the requested storage dtype; fp8 applies to Linear weights only."""
-    fp8 = dtype is not None and dtype.itemsize == 1
-    out = {}
-    for key, value in state.items():
-        stem = key[: -len(".weight")] if key.endswith(".weight") else None
-        if stem in scales and not fp8 and dtype is not None:  # dequantize scaled fp8 into the wanted dtype
-            value = value.to(torch.float32) * scales.pop(stem).float().reshape(-1, *([1] * (value.dim() - 1)))
-        want = dtype if not fp8 or (stem is not None and value.dim() == 2) else None
-        out[key] = place(value, device, want)
-    return out
-
-
 def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device="cpu",
              compute_dtype: torch.dtype | None = None, linear: LinearFactory = CastLinear) -> WanDiT:
     """Load a Wan2.1 DiT (t2v / i2v / flf2v, detected from the tensors) from ``path``.
@@ -133,7 +113,7 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device="
     state = open_state_dict(path)
     require_kind(path, state.keys(), "dit")
     state = to_official_layout(state)
-    scales = _pop_scales(state)
+    scales = pop_fp8_scales(state)
     config = detect({k: v.shape for k, v in state.items()}, str(path))
     device = torch.device(device)
     if compute_dtype is None:
@@ -141,17 +121,9 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device="
     with torch.device("meta"):
         model = WanDiT(config, linear=linear, compute_dtype=compute_dtype)
     check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, f"a {config.label} DiT")
-    model.load_state_dict(_placed(state, scales, device, dtype), assign=True, strict=True)
-    _attach_scales(model, scales, device, path)
+    model.load_state_dict(placed_state(state, scales, device, dtype), assign=True, strict=True)
+    attach_fp8_scales(model, scales, device, path)
     model.to(device)  # the non-persistent rotary tables
     log.info("loaded %s from %s (%s weights, %s compute)", config.label, path,
              dtype or next(iter(state.values())).dtype, compute_dtype)
     return model.eval().requires_grad_(False)
-
-
-def _attach_scales(model: WanDiT, scales: dict[str, torch.Tensor], device, path) -> None:
-    for name, scale in scales.items():
-        module = model.get_submodule(name) if name else None
-        if not isinstance(module, CastLinear):
-            raise CheckpointError(f"{path}: scale for {name!r}, which is not a scaled Linear of this model")
-        module.scale_weight = scale.to(device=device, dtype=torch.float32)
