@@ -7,6 +7,7 @@ from .dit_loading import load_dit
 from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
 from .latents import denormalize_latents, normalize_latents
 from .sampling import SAMPLERS, sample
+from .text_encoder_loading import TextEncoder, load_text_encoder
 from .vae import WanVAE
 from .vae_loading import load_vae
 from .video_io import Clip, read_metadata, read_video, write_video
@@ -14,6 +15,6 @@ from .video_io import Clip, read_metadata, read_video, write_video
 __all__ = [
     "PRESETS", "DiTConfig", "detect", "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "WanDiT", "load_dit",
     "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError", "normalize_latents",
-    "denormalize_latents", "SAMPLERS", "sample", "WanVAE", "load_vae",
+    "denormalize_latents", "SAMPLERS", "sample", "WanVAE", "load_vae", "TextEncoder", "load_text_encoder",
     "Clip", "read_metadata", "read_video", "write_video",
 ]
