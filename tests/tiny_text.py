@@ -31,7 +31,8 @@ def train_sentencepiece() -> bytes:
     """A unigram model with T5's special ids: pad 0, eos 1, unk 2, no bos."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=500, hard_vocab_limit=False, model_type="unigram",
+        sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=500, hard_vocab_limit=False,
+        model_type="unigram",
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, byte_fallback=False,
         minloglevel=2)
     return model.getvalue()
