@@ -196,6 +196,7 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     final = Path(path)
     if spec.extension and final.suffix.lower() != spec.extension:
         final = final.with_name(final.name + spec.extension)
+    final.parent.mkdir(parents=True, exist_ok=True)
     temp = _temporary(final)
     try:
         if fmt is VideoFormat.PNG:

@@ -1,0 +1,116 @@
+"""``python -m wan_core t2v --prompt ... --out out.mp4``: a render without ComfyUI.
+
+``--demo`` writes a tiny random model set once (see :mod:`wan_core.demo`) and renders with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .constants import NEGATIVE_PROMPT
+from .errors import WanCoreError
+
+log = logging.getLogger("wan_core.cli")
+
+KINDS = {"dit": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def _pick(models: Path, kind: str, name: str | None) -> Path:
+    folder = models / KINDS[kind]
+    if name:
+        path = Path(name) if Path(name).is_absolute() else folder / name
+        if not path.is_file():
+            raise WanCoreError(f"{kind} file {path} does not exist")
+        return path
+    found = sorted(p for p in folder.glob("*") if p.suffix in SUFFIXES) if folder.is_dir() else []
+    if len(found) != 1:
+        listing = ", ".join(p.name for p in found) or "none"
+        raise WanCoreError(f"pick the {kind} file with --{kind.replace('_', '-')} (found in {folder}: {listing}); "
+                           "or render the tiny demo model with --demo")
+    return found[0]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wan_core", description="Render Wan2.1 videos without ComfyUI.")
+    sub = parser.add_subparsers(dest="task", required=True)
+    t2v = sub.add_parser("t2v", help="text to video")
+    t2v.add_argument("--prompt", required=True)
+    t2v.add_argument("--negative", default=NEGATIVE_PROMPT, help="negative prompt (default: the official one)")
+    t2v.add_argument("--out", required=True, type=Path, help="output file; the extension picks the format")
+    t2v.add_argument("--models", type=Path, default=Path(os.environ.get("WANCORE_MODELS", "models")),
+                     help="models folder with diffusion_models/, text_encoders/, vae/ (default $WANCORE_MODELS "
+                          "or ./models)")
+    t2v.add_argument("--dit", help="file in diffusion_models/ (default: the only one)")
+    t2v.add_argument("--text-encoder", help="file in text_encoders/ (default: the only one)")
+    t2v.add_argument("--vae", help="file in vae/ (default: the only one)")
+    t2v.add_argument("--demo", action="store_true",
+                     help="write and use a tiny random model set (renders noise, in seconds)")
+    t2v.add_argument("--width", type=int)
+    t2v.add_argument("--height", type=int)
+    t2v.add_argument("--frames", type=int, help="4n+1 frames")
+    t2v.add_argument("--steps", type=int)
+    t2v.add_argument("--cfg", type=float, default=5.0)
+    t2v.add_argument("--shift", type=float, default=5.0)
+    t2v.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++", "euler"])
+    t2v.add_argument("--seed", type=int, default=0)
+    t2v.add_argument("--fps", type=float, default=16.0)
+    t2v.add_argument("--device", default="cpu", help="cpu or cuda")
+    return parser
+
+
+def _format_for(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    return {"mp4": "mp4", "webm": "webm", "gif": "gif", "mov": "mov", "": "png"}.get(suffix, suffix)
+
+
+def run(argv: list[str] | None = None) -> Path:
+    """Parse ``argv``, render, and return the written path."""
+    import torch
+
+    from . import load_dit, load_text_encoder, load_vae
+    from .demo import DEMO_SIZE, write_demo_models
+    from .pipeline import text_to_video
+    from .video_io import video_format, video_to_images, write_video
+
+    args = _parser().parse_args(argv)
+    defaults = {"width": 832, "height": 480, "frames": 81, "steps": 50}
+    if args.demo:
+        defaults = DEMO_SIZE
+        paths = write_demo_models(args.models / "demo")
+        log.warning("DEMO: tiny random weights; the video is structured noise, not a picture")
+    else:
+        paths = {k: _pick(args.models, k, getattr(args, k)) for k in KINDS}
+        paths = {KINDS[k]: v for k, v in paths.items()}
+    size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
+    device = torch.device(args.device)
+    text_encoder = load_text_encoder(paths["text_encoders"], device=device)
+    dit = load_dit(paths["diffusion_models"], device=device)
+    vae = load_vae(paths["vae"], device=device)
+
+    def progress(step: int, total: int, _x0) -> None:
+        log.info("step %d/%d", step + 1, total)
+
+    video = text_to_video(dit, text_encoder, vae, args.prompt, args.negative, seed=args.seed, cfg=args.cfg,
+                          shift=args.shift, sampler=args.sampler, callback=progress, **size)
+    metadata = {"prompt": args.prompt, "wancore": f"seed {args.seed}, {size}, sampler {args.sampler}"}
+    return write_video(video_to_images(video), args.out, fps=args.fps, fmt=fmt, metadata=metadata)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        path = run(argv)
+    except WanCoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(path)
+    return 0

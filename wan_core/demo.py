@@ -1,0 +1,84 @@
+"""A tiny random Wan2.1 model set, written once in the real file layouts, so the whole pipeline
+(text encoder with its embedded tokenizer, DiT, VAE, video writer) runs anywhere in seconds.
+
+The weights are random: a demo render is structured noise, not a picture. The files follow the
+ComfyUI model-folder layout (``diffusion_models/``, ``text_encoders/``, ``vae/``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .config import DiTConfig
+from .constants import NEGATIVE_PROMPT
+from .dit import WanDiT
+from .text_encoder import TextEncoderConfig, UMT5Encoder
+from .vae import VAEConfig, WanVAE
+
+log = logging.getLogger(__name__)
+
+DEMO_FILES = {
+    "diffusion_models": "wancore_demo_t2v.safetensors",
+    "text_encoders": "wancore_demo_umt5.safetensors",
+    "vae": "wancore_demo_vae.safetensors",
+}
+TEXT = TextEncoderConfig(vocab=1024, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)
+DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim)
+VAE = VAEConfig(base_dim=8)
+DEMO_SIZE = {"width": 256, "height": 160, "frames": 17, "steps": 8}
+"""Render settings that keep a demo to seconds on a CPU."""
+
+_CORPUS = (
+    "a cat walks on the beach at sunset, cinematic lighting, golden hour, close-up portrait, "
+    "a red fox runs through snow, aerial view of a city at night, slow motion, highly detailed",
+    NEGATIVE_PROMPT,
+)
+
+
+def _tokenizer_model() -> bytes:
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(_CORPUS) * 50), model_writer=out, vocab_size=400, hard_vocab_limit=False,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2)
+    return out.getvalue()
+
+
+def _random(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in module.state_dict().items():
+        noise = torch.randn(value.shape, generator=gen)
+        fan_in = value[0].numel() if value.dim() > 1 else 1
+        norm = key.endswith(("gamma", "norm.weight", "layer_norm.weight")) or ".norm" in key
+        state[key] = (1 + 0.1 * noise) if norm else noise / fan_in ** 0.5
+    return state
+
+
+def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
+    """Write the three demo files under ``models_dir`` (once; existing files are kept). Returns their paths."""
+    models_dir = Path(models_dir)
+    paths = {kind: models_dir / kind / name for kind, name in DEMO_FILES.items()}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "diffusion_models": lambda: _random(WanDiT(DIT), 1),
+        "vae": lambda: _random(WanVAE(VAE), 2),
+        "text_encoders": lambda: {**_random(UMT5Encoder(TEXT), 3),
+                                  "spiece_model": torch.frombuffer(bytearray(_tokenizer_model()), dtype=torch.uint8)},
+    }
+    for kind, path in paths.items():
+        if not path.is_file():
+            temp = path.with_name(path.name + ".partial")
+            save_file(builders[kind](), temp)
+            temp.replace(path)
+            log.info("wrote demo %s to %s", kind, path)
+    return paths
