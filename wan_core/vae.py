@@ -70,21 +70,29 @@ def _tail(x: torch.Tensor, previous) -> torch.Tensor:
 
 
 class CausalConv3d(nn.Conv3d):
-    """3-D convolution padded only towards the past in time (so frame t never sees t+1)."""
+    """3-D convolution padded only towards the past in time (so frame t never sees t+1).
+
+    Spatial padding is the convolution's own; the time padding is the previous chunk's frames
+    (or zeros), concatenated in front.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, kernel, stride=1, padding=0):
-        super().__init__(in_dim, out_dim, kernel, stride=stride, padding=0)
         pt, ph, pw = (padding,) * 3 if isinstance(padding, int) else padding
+        super().__init__(in_dim, out_dim, kernel, stride=stride, padding=(0, ph, pw))
         self.time_pad = 2 * pt
-        self.space_pad = (pw, pw, ph, ph)
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[B, C, T, H, W]``; ``previous`` frames (from the last chunk) replace zero padding."""
-        time_pad = self.time_pad
-        if previous is not None and time_pad > 0:
-            x = torch.cat([previous.to(x.dtype), x], dim=2)
-            time_pad -= previous.shape[2]
-        return super().forward(F.pad(x, (*self.space_pad, time_pad, 0)))
+        if self.time_pad == 0:
+            return super().forward(_channels_last(x))
+        parts = [x]
+        missing = self.time_pad
+        if previous is not None:
+            parts.insert(0, previous.to(x.dtype))
+            missing -= previous.shape[2]
+        if missing > 0:
+            parts.insert(0, torch.zeros_like(x[:, :, :1]).expand(-1, -1, missing, -1, -1))  # keeps x's layout
+        return super().forward(_channels_last(torch.cat(parts, dim=2)))
 
     def run(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         """Forward with the chunk-to-chunk cache (a no-op cache for convolutions without time reach)."""
@@ -94,9 +102,8 @@ class CausalConv3d(nn.Conv3d):
         cache.put(self, _tail(x, previous))
         return self(x, previous)
 
-
 class RMSNorm(nn.Module):
-    """Channel RMS norm: ``x / ||x||_C * sqrt(C) * gamma`` (keys ``.gamma``)."""
+    """Channel RMS norm: ``x / max(||x||_C, 1e-12) * sqrt(C) * gamma`` (keys ``.gamma``)."""
 
     def __init__(self, dim: int, spatial_dims: int):
         super().__init__()
@@ -104,7 +111,8 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma.to(x.dtype)
+        inverse = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12).reciprocal_()
+        return (x * inverse).mul_(self.gamma.to(x.dtype) * self.scale)
 
 
 class ResidualBlock(nn.Module):
@@ -113,8 +121,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.residual = nn.Sequential(
-            RMSNorm(in_dim, 3), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
-            RMSNorm(out_dim, 3), nn.SiLU(), nn.Identity(), CausalConv3d(out_dim, out_dim, 3, padding=1))
+            RMSNorm(in_dim, 3), nn.SiLU(inplace=True), CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim, 3), nn.SiLU(inplace=True), nn.Identity(), CausalConv3d(out_dim, out_dim, 3, padding=1))
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
@@ -213,7 +221,7 @@ def _run(layers, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
 
 
 def _head(dim: int, out: int) -> nn.Sequential:
-    return nn.Sequential(RMSNorm(dim, 3), nn.SiLU(), CausalConv3d(dim, out, 3, padding=1))
+    return nn.Sequential(RMSNorm(dim, 3), nn.SiLU(inplace=True), CausalConv3d(dim, out, 3, padding=1))
 
 
 def _middle(dim: int) -> nn.Sequential:
@@ -274,6 +282,11 @@ class Decoder3d(nn.Module):
         return x
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last 3-D layout: the CPU convolution kernels run it about 15% faster."""
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
 def check_video(video: torch.Tensor, multiple: int = VAE_STRIDE[1]) -> None:
     """Raise :class:`InputError` unless video is ``[B, 3, 4n+1, H, W]`` in [-1, 1] with H, W multiples of 8."""
     if video.dim() != 5 or video.shape[1] != 3:
@@ -315,7 +328,7 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         check_video(video)
-        x = video.to(device=self._device(), dtype=self.compute_dtype)
+        x = _channels_last(video.to(device=self._device(), dtype=self.compute_dtype))
         b, _, frames, h, w = x.shape
         n = (frames - 1) // CHUNK + 1
         out = torch.empty(b, self.config.z_dim, n, h // VAE_STRIDE[1], w // VAE_STRIDE[2],
@@ -334,7 +347,7 @@ class WanVAE(nn.Module):
         check_latents(z, self.config.z_dim)
         if chunk < 1:
             raise InputError(f"chunk must be at least 1 latent frame, got {chunk}")
-        x = self.conv2(z.to(device=self._device(), dtype=self.compute_dtype))
+        x = self.conv2(_channels_last(z.to(device=self._device(), dtype=self.compute_dtype)))
         b, _, n, h, w = x.shape
         frames = 1 + CHUNK * (n - 1)
         out = torch.empty(b, 3, frames, h * VAE_STRIDE[1], w * VAE_STRIDE[2], dtype=torch.float32, device=x.device)
