@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = run(argv)
     except WanCoreError as err:
-        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.write(f"error: {err}\n")
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+        sys.stderr.write("interrupted; nothing was written\n")
         return 130
-    print(path)
+    sys.stdout.write(f"{path}\n")
     return 0
