@@ -1,8 +1,34 @@
 """ComfyUI node classes (classic API). Only ``nodes/host.py`` may import ComfyUI services.
 
-The node set arrives with the nodes issue; the mappings are exported from the start so the pack
-loads in ComfyUI at every stage.
+Reached only relatively from the pack root, never as a top-level ``nodes`` (ComfyUI has one).
 """
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from .loaders import WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
+from .sampler import WanCoreSampler
+from .text import WanCoreTextEncode
+from .vae import WanCoreVAEDecode, WanCoreVAEEncode
+from .video import WanCoreLoadVideo, WanCoreVideoWriter
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "WanCoreModelLoader": WanCoreModelLoader,
+    "WanCoreTextEncoderLoader": WanCoreTextEncoderLoader,
+    "WanCoreVAELoader": WanCoreVAELoader,
+    "WanCoreTextEncode": WanCoreTextEncode,
+    "WanCoreSampler": WanCoreSampler,
+    "WanCoreVAEDecode": WanCoreVAEDecode,
+    "WanCoreVAEEncode": WanCoreVAEEncode,
+    "WanCoreVideoWriter": WanCoreVideoWriter,
+    "WanCoreLoadVideo": WanCoreLoadVideo,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "WanCoreModelLoader": "Wan Model Loader (WanCore)",
+    "WanCoreTextEncoderLoader": "Wan Text Encoder Loader (WanCore)",
+    "WanCoreVAELoader": "Wan VAE Loader (WanCore)",
+    "WanCoreTextEncode": "Wan Text Encode (WanCore)",
+    "WanCoreSampler": "Wan Sampler (WanCore)",
+    "WanCoreVAEDecode": "Wan VAE Decode (WanCore)",
+    "WanCoreVAEEncode": "Wan VAE Encode (WanCore)",
+    "WanCoreVideoWriter": "Wan Video Writer (WanCore)",
+    "WanCoreLoadVideo": "Wan Load Video (WanCore)",
+}

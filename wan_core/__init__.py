@@ -6,6 +6,7 @@ from .dit import WanDiT
 from .dit_loading import load_dit
 from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
 from .latents import denormalize_latents, normalize_latents
+from .pipeline import ImageEmbeds, TextEmbeds, text_to_video
 from .sampling import SAMPLERS, sample
 from .text_encoder_loading import TextEncoder, load_text_encoder
 from .vae import WanVAE
@@ -16,5 +17,5 @@ __all__ = [
     "PRESETS", "DiTConfig", "detect", "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "WanDiT", "load_dit",
     "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError", "normalize_latents",
     "denormalize_latents", "SAMPLERS", "sample", "WanVAE", "load_vae", "TextEncoder", "load_text_encoder",
-    "Clip", "read_metadata", "read_video", "write_video",
+    "Clip", "read_metadata", "read_video", "write_video", "ImageEmbeds", "TextEmbeds", "text_to_video",
 ]

@@ -233,25 +233,30 @@ class WanDiT(nn.Module):
         x = x.view(x.shape[0], f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, f, pt, h, ph, w, pw]
         return x.reshape(x.shape[0], c, f * pt, h * ph, w * pw)
 
-    def _check_inputs(self, x, context, clip_fea, y) -> None:
+    def check_conditioning(self, context: torch.Tensor, clip_fea=None, y=None) -> None:
+        """Raise :class:`InputError` unless the text width and the image conditioning fit this model."""
         cfg = self.config
-        noise_channels = cfg.in_dim - (y.shape[1] if y is not None else 0)
-        if x.dim() != 5:
-            raise InputError(f"x must be [B, C, F, H, W] latents, got shape {tuple(x.shape)}")
         if cfg.has_image_branch and (clip_fea is None or y is None):
             raise InputError(f"this is an {cfg.model_type} model: it needs image conditioning "
                              "(clip_fea and y, from WanCoreImageToVideo / image_to_video); got none")
         if not cfg.has_image_branch and (clip_fea is not None or y is not None):
             raise InputError("this is a text-to-video model: it takes no image conditioning; "
                              "load an i2v / flf2v checkpoint to animate an image")
-        if x.shape[1] != noise_channels:
-            raise InputError(f"x has {x.shape[1]} channels; this model expects {cfg.in_dim} with y included")
         if clip_fea is not None and tuple(clip_fea.shape[1:]) != (cfg.clip_tokens, cfg.clip_dim):
             raise InputError(f"clip_fea must be [B, {cfg.clip_tokens}, {cfg.clip_dim}] for {cfg.model_type}, "
                              f"got {tuple(clip_fea.shape)}")
         if context.dim() != 3 or context.shape[-1] != cfg.text_dim or context.shape[1] > cfg.text_len:
             raise InputError(f"context must be [B, L<={cfg.text_len}, {cfg.text_dim}] text states, "
-                             f"got {tuple(context.shape)}")
+                             f"got {tuple(context.shape)}; use the text encoder that belongs to this model")
+
+    def _check_inputs(self, x, context, clip_fea, y) -> None:
+        cfg = self.config
+        if x.dim() != 5:
+            raise InputError(f"x must be [B, C, F, H, W] latents, got shape {tuple(x.shape)}")
+        self.check_conditioning(context, clip_fea, y)
+        noise_channels = cfg.in_dim - (y.shape[1] if y is not None else 0)
+        if x.shape[1] != noise_channels:
+            raise InputError(f"x has {x.shape[1]} channels; this model expects {cfg.in_dim} with y included")
         pt, ph, pw = cfg.patch_size
         grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
         if x.shape[3] % ph or x.shape[4] % pw or max(grid) > MAX_ROPE_POSITIONS:

@@ -39,6 +39,15 @@ class TextEmbeds:
     negative: torch.Tensor
 
 
+@dataclass(frozen=True)
+class ImageEmbeds:
+    """Image conditioning of an i2v / flf2v DiT: CLIP tokens ``[B, 257 or 514, 1280]`` and
+    ``y = [B, 4 mask + 16 latent channels, F', h, w]``."""
+
+    clip_fea: torch.Tensor
+    y: torch.Tensor
+
+
 def encode_prompts(text_encoder: TextEncoder, positive: str, negative: str | None = None) -> TextEmbeds:
     """Encode a prompt and its negative (the official negative prompt when None or empty)."""
     if not isinstance(positive, str):

@@ -109,6 +109,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     shape = tuple(latent.shape) if latent is not None else (request or SampleRequest()).latent_shape()
     if len(shape) != 5 or shape[1] != LATENT_CHANNELS:
         raise InputError(f"latent must be [B, {LATENT_CHANNELS}, F', H/8, W/8], got {shape}")
+    if hasattr(model, "check_conditioning"):  # a WanDiT: wrong kind of conditioning fails before any work
+        model.check_conditioning(context, clip_fea, y)
     if context.shape[0] != shape[0]:
         raise InputError(f"{context.shape[0]} prompt(s) for a batch of {shape[0]} latents; they must match")
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else context.device
@@ -116,8 +118,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     if latent is not None and denoise < 1.0:
         s0 = schedule.sigmas[0].item()
         x = (1 - s0) * normalize_latents(latent.float().to(device)) + s0 * x
-    fn = cfg_denoiser(model, context.to(device), None if negative is None else negative.to(device), cfg,
-                      clip_fea=clip_fea, y=y)
+    moved = {k: None if v is None else v.to(device) for k, v in (("clip_fea", clip_fea), ("y", y))}
+    fn = cfg_denoiser(model, context.to(device), None if negative is None else negative.to(device), cfg, **moved)
 
     def on_step(i: int, x_i: torch.Tensor, x0: torch.Tensor) -> None:
         if callback:

@@ -81,6 +81,10 @@ class Clip:
     fps: Fraction
     metadata: dict[str, str] = field(default_factory=dict)
 
+    def images(self) -> torch.Tensor:
+        """The frames as ComfyUI IMAGE: ``[F, H, W, 3]`` float32 in 0..1."""
+        return self.frames.float() / 255.0
+
 
 # ---------------------------------------------------------------- frames and layouts
 

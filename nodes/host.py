@@ -1,0 +1,139 @@
+"""The only module that touches ComfyUI: model folders, devices, memory, interrupts, progress, outputs.
+
+Inside ComfyUI it uses ``folder_paths``, ``comfy.model_management`` and ``comfy.utils``. Without
+ComfyUI (tests, scripts) it falls back to plain local behaviour: models under
+``$WANCORE_MODELS/<kind>/`` (default ``./models``), inputs / outputs under ``$WANCORE_INPUT`` /
+``$WANCORE_OUTPUT`` (default ``./input`` / ``./output``), CUDA when present, no-op progress and an
+interrupt flag (:data:`interrupt_event`) that a caller may set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+try:  # ComfyUI's services exist only inside a ComfyUI process
+    import comfy.model_management as _mm
+    import comfy.utils as _utils
+    import folder_paths as _folders
+except ImportError:
+    _mm = _utils = _folders = None
+
+log = logging.getLogger(__name__)
+
+IN_COMFYUI = _folders is not None
+MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
+
+interrupt_event = threading.Event()
+"""Standalone interrupt flag (inside ComfyUI its own interrupt button is used)."""
+
+
+class HostError(Exception):
+    """A file or folder the node needs is missing; the message says where it was looked for."""
+
+
+def _local(var: str, default: str) -> Path:
+    return Path(os.environ.get(var, default))
+
+
+def list_models(kind: str) -> list[str]:
+    """Model file names of a folder kind (``diffusion_models``, ``text_encoders``, ``vae`` ...)."""
+    if IN_COMFYUI:
+        return sorted(_folders.get_filename_list(kind))
+    root = _local("WANCORE_MODELS", "models") / kind
+    if not root.is_dir():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES)
+
+
+def model_path(kind: str, name: str) -> Path:
+    if IN_COMFYUI:
+        return Path(_folders.get_full_path_or_raise(kind, name))
+    path = _local("WANCORE_MODELS", "models") / kind / name
+    if not path.is_file():
+        raise HostError(f"model file {name!r} is not in {path.parent}; put it there or set WANCORE_MODELS")
+    return path
+
+
+def output_directory() -> Path:
+    return Path(_folders.get_output_directory()) if IN_COMFYUI else _local("WANCORE_OUTPUT", "output")
+
+
+def input_directory() -> Path:
+    return Path(_folders.get_input_directory()) if IN_COMFYUI else _local("WANCORE_INPUT", "input")
+
+
+def list_input_videos() -> list[str]:
+    root = input_directory()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def input_path(name: str) -> Path:
+    if IN_COMFYUI:
+        return Path(_folders.get_annotated_filepath(name))
+    return input_directory() / name
+
+
+def compute_device() -> torch.device:
+    if IN_COMFYUI:
+        return _mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    return _mm.unet_offload_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` for activations."""
+    if IN_COMFYUI:
+        return int(_mm.get_free_memory(device))
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_memory() -> None:
+    if IN_COMFYUI:
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def interrupt_requested() -> bool:
+    if IN_COMFYUI:
+        return bool(_mm.processing_interrupted())
+    return interrupt_event.is_set()
+
+
+def raise_if_interrupted() -> None:
+    """Raise ComfyUI's own interrupt exception (so it reports a cancel, not an error), if requested."""
+    if IN_COMFYUI:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Per-step progress with an optional preview image (``[h, w, 3]`` uint8 tensor)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._bar = _utils.ProgressBar(total) if IN_COMFYUI else None
+
+    def update(self, step: int, preview: torch.Tensor | None = None) -> None:
+        if self._bar is None:
+            log.info("step %d/%d", step, self.total)
+            return
+        image = None
+        if preview is not None:
+            from comfy.cli_args import args
+            from PIL import Image
+
+            image = ("JPEG", Image.fromarray(preview.numpy()), args.preview_size)
+        self._bar.update_absolute(step, self.total, image)

@@ -1,0 +1,69 @@
+"""WanCoreSampler: text (and optionally image / video) conditioning -> LATENT (raw, ComfyUI's convention)."""
+
+from __future__ import annotations
+
+from ..wan_core import RenderInterrupted, sample
+from ..wan_core.pipeline import latent_preview
+from ..wan_core.sampling import SAMPLERS, SampleRequest
+from . import host
+
+
+class WanCoreSampler:
+    DESCRIPTION = ("Denoises a Wan2.1 video latent from seeded noise (text-to-video), or part-way from a LATENT "
+                   "(video-to-video, denoise < 1). The same seed gives the same video on any device. Outputs raw "
+                   "latents that ComfyUI's native Wan VAE nodes can decode too.")
+    CATEGORY = "WanCore/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("WANCORE_MODEL", {"tooltip": "From WanCoreModelLoader."}),
+            "embeds": ("WANCORE_TEXT_EMBEDS", {"tooltip": "From WanCoreTextEncode."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16,
+                              "tooltip": "Pixels, a multiple of 16. 832x480 (or 1280x720 for 14B) as trained."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16,
+                               "tooltip": "Pixels, a multiple of 16."}),
+            "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
+                               "tooltip": "4n+1 frames (81 = 5 s at 16 fps). Time and memory grow with it."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                             "tooltip": "Noise seed; noise is drawn on the CPU, so a seed renders the same anywhere."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": "Denoising steps (official: 50 for "
+                              "t2v, 40 for i2v). Fewer is faster and softer."}),
+            "cfg": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "tooltip": "Prompt strength. "
+                              "1.0 skips the negative pass (twice as fast); 5.0 is the official default."}),
+            "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 30.0, "step": 0.1, "tooltip": "Schedule shift: "
+                                "higher spends more steps on composition (official: 5.0; 3.0 for 480p i2v)."}),
+            "sampler": (list(SAMPLERS), {"default": "unipc", "tooltip": "unipc (official default) and dpm++ are "
+                                         "2nd-order multistep solvers; euler is the simple 1st-order one."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "1.0 renders "
+                                  "from noise; below 1 keeps that much of the input latent's structure less."}),
+        }, "optional": {
+            "latent": ("LATENT", {"tooltip": "Start latent for video-to-video; its size overrides width, height "
+                                  "and frames."}),
+            "image_embeds": ("WANCORE_IMAGE_EMBEDS", {"tooltip": "Image conditioning for i2v / flf2v models."}),
+        }}
+
+    def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
+            latent=None, image_embeds=None):
+        start = None if latent is None else latent["samples"]
+        request = SampleRequest(width, height, frames)
+        if start is None:
+            request.latent_shape()  # sizes checked before anything is moved or drawn
+        conditioning = {} if image_embeds is None else {"clip_fea": image_embeds.clip_fea, "y": image_embeds.y}
+        progress = host.Progress(steps)
+        model.to(host.compute_device())
+        try:
+            raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, seed=seed,
+                         steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
+                         callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)),
+                         interrupt=host.interrupt_requested, **conditioning)
+        except RenderInterrupted:
+            host.raise_if_interrupted()
+            raise
+        finally:
+            model.to(host.offload_device())
+            host.release_memory()
+        return ({"samples": raw.cpu()},)

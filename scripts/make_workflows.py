@@ -1,0 +1,153 @@
+"""Write example_workflows/*.json (ComfyUI's UI workflow format) from compact graph descriptions.
+
+Run from the repository root: ``python scripts/make_workflows.py``. Widget values are laid out in
+each node's INPUT_TYPES order, so the files always line up with the node definitions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Native ComfyUI nodes used in the examples: their sockets and widgets as ComfyUI defines them.
+NATIVE = {
+    "ImageScaleBy": {"inputs": [("image", "IMAGE")], "outputs": [("IMAGE", "IMAGE")],
+                     "widgets": ["upscale_method", "scale_by"]},
+}
+
+T2V_PROMPT = ("A red fox trots through fresh snow in a birch forest at dawn, soft golden light, breath visible "
+              "in the cold air, cinematic, shallow depth of field.")
+V2V_PROMPT = "The same scene as an oil painting, thick brush strokes, warm palette."
+
+
+def _pack():
+    spec = importlib.util.spec_from_file_location("wancore_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.NODE_CLASS_MAPPINGS
+
+
+def _sockets(cls):
+    spec = cls.INPUT_TYPES()
+    inputs, widgets = [], []
+    for section in ("required", "optional"):
+        for name, (kind, *_rest) in spec.get(section, {}).items():
+            options = _rest[0] if _rest else {}
+            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                widgets.append(name)
+                if options.get("control_after_generate"):
+                    widgets.append(None)  # the frontend's "control after generate" value
+            else:
+                inputs.append((name, kind, section == "optional"))
+    return inputs, widgets
+
+
+def build(nodes: list[dict], classes) -> dict:
+    """``nodes``: [{"id", "type", "pos", "widgets": {name: value}, "links": {input: (node id, output slot)}}]."""
+    links, out_links = [], {}
+    for node in nodes:
+        for target, (source, slot) in node.get("links", {}).items():
+            links.append([len(links) + 1, source, slot, node["id"], target, None])
+            out_links.setdefault((source, slot), []).append(len(links))
+    graph_nodes = []
+    for order, node in enumerate(nodes):
+        kind = node["type"]
+        if kind in NATIVE:
+            spec = NATIVE[kind]
+            inputs, widget_names = [(n, t, False) for n, t in spec["inputs"]], spec["widgets"]
+            outputs = spec["outputs"]
+        else:
+            cls = classes[kind]
+            inputs, widget_names = _sockets(cls)
+            outputs = list(zip(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES), cls.RETURN_TYPES))
+        entry_inputs = []
+        for name, socket, optional in inputs:
+            incoming = [link for link in links if link[3] == node["id"] and link[4] == name]
+            if incoming or not optional:  # unconnected optional sockets are not listed
+                for link in incoming:
+                    link[4], link[5] = len(entry_inputs), socket
+                entry_inputs.append({"name": name, "type": socket, "link": incoming[0][0] if incoming else None})
+        widget_values = [node["widgets"].get(name, "fixed") if name else "fixed" for name in widget_names]
+        graph_nodes.append({
+            "id": node["id"], "type": kind, "pos": list(node["pos"]), "size": [320, 60 + 26 * len(widget_values)],
+            "flags": {}, "order": order, "mode": 0, "inputs": entry_inputs,
+            "outputs": [{"name": name, "type": socket, "links": out_links.get((node["id"], slot), []),
+                         "slot_index": slot} for slot, (name, socket) in enumerate(outputs)],
+            "properties": {"Node name for S&R": kind}, "widgets_values": widget_values,
+        })
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": graph_nodes,
+            "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+            "version": 0.4}
+
+
+def _t2v(dit: str, width: int, height: int, prefix: str, upscale: bool = False) -> list[dict]:
+    writer_input = (8, 0) if upscale else (6, 0)
+    nodes = [
+        {"id": 1, "type": "WanCoreModelLoader", "pos": (40, 60), "widgets": {"model_name": dit,
+                                                                           "weight_dtype": "default"}},
+        {"id": 2, "type": "WanCoreTextEncoderLoader", "pos": (40, 220),
+         "widgets": {"model_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "dtype": "default"}},
+        {"id": 3, "type": "WanCoreVAELoader", "pos": (40, 380), "widgets": {"vae_name": "wan_2.1_vae.safetensors",
+                                                                          "dtype": "default"}},
+        {"id": 4, "type": "WanCoreTextEncode", "pos": (400, 200), "links": {"text_encoder": (2, 0)},
+         "widgets": {"positive": T2V_PROMPT, "negative": _negative()}},
+        {"id": 5, "type": "WanCoreSampler", "pos": (820, 60), "links": {"model": (1, 0), "embeds": (4, 0)},
+         "widgets": {"width": width, "height": height, "frames": 81, "seed": 42, "steps": 50, "cfg": 5.0,
+                     "shift": 5.0, "sampler": "unipc", "denoise": 1.0}},
+        {"id": 6, "type": "WanCoreVAEDecode", "pos": (1200, 60), "links": {"vae": (3, 0), "latent": (5, 0)},
+         "widgets": {"tiling": "auto"}},
+        {"id": 7, "type": "WanCoreVideoWriter", "pos": (1560, 60), "links": {"images": writer_input},
+         "widgets": {"fps": 16.0, "filename_prefix": prefix, "format": "mp4", "quality": -1, "save_metadata": True}},
+    ]
+    if upscale:
+        nodes.append({"id": 8, "type": "ImageScaleBy", "pos": (1380, 300), "links": {"image": (6, 0)},
+                      "widgets": {"upscale_method": "lanczos", "scale_by": 1.5}})
+    return nodes
+
+
+def _v2v() -> list[dict]:
+    nodes = _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/v2v")
+    nodes[3]["widgets"]["positive"] = V2V_PROMPT
+    nodes += [
+        {"id": 8, "type": "WanCoreLoadVideo", "pos": (40, 560), "widgets": {
+            "video": "input_clip.mp4", "start": 0, "max_frames": 81, "stride": 1, "width": 832, "height": 480}},
+        {"id": 9, "type": "WanCoreVAEEncode", "pos": (400, 560), "links": {"vae": (3, 0), "images": (8, 0)},
+         "widgets": {"tiling": "auto"}},
+    ]
+    nodes[4]["links"]["latent"] = (9, 0)
+    nodes[4]["widgets"]["denoise"] = 0.7
+    return nodes
+
+
+def _negative() -> str:
+    sys.path.insert(0, str(ROOT))
+    from wan_core.constants import NEGATIVE_PROMPT
+
+    return NEGATIVE_PROMPT
+
+
+WORKFLOWS = {
+    "wan2.1_t2v_1.3B": lambda: _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_1.3B"),
+    "wan2.1_t2v_14B": lambda: _t2v("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", 1280, 720, "WanCore/t2v_14B"),
+    "wan2.1_v2v_1.3B": _v2v,
+    "wan2.1_t2v_1.3B_upscale": lambda: _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_upscaled",
+                                            upscale=True),
+}
+
+
+def main() -> None:
+    classes = _pack()
+    out = ROOT / "example_workflows"
+    out.mkdir(exist_ok=True)
+    for name, make in WORKFLOWS.items():
+        (out / f"{name}.json").write_text(json.dumps(build(make(), classes), indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
