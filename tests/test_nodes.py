@@ -1,0 +1,175 @@
+"""The ComfyUI node pack: node contract, example workflows (validated and executed on the tiny demo
+model), and node-level behaviour (sizes refused early, interrupts, text encoder offload)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from workflow_runner import ROOT, load_pack, load_workflow, node_classes, run_workflow, widget_inputs
+
+from wan_core.demo import DEMO_FILES, write_demo_models
+
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+SMALL = {"width": 64, "height": 48, "frames": 5, "steps": 3}
+FILE_LISTS = {"model_name", "vae_name", "video"}  # combos listing the user's files
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A standalone host: demo models, input and output folders (through the host's variables)."""
+    root = tmp_path_factory.mktemp("host")
+    write_demo_models(root / "models")
+    saved = {k: os.environ.get(k) for k in ("WANCORE_MODELS", "WANCORE_INPUT", "WANCORE_OUTPUT")}
+    os.environ.update(WANCORE_MODELS=str(root / "models"), WANCORE_INPUT=str(root / "input"),
+                      WANCORE_OUTPUT=str(root / "output"))
+    (root / "input").mkdir()
+    yield root
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+def _demo_overrides():
+    return {
+        "WanCoreModelLoader": {"model_name": DEMO_FILES["diffusion_models"]},
+        "WanCoreTextEncoderLoader": {"model_name": DEMO_FILES["text_encoders"]},
+        "WanCoreVAELoader": {"vae_name": DEMO_FILES["vae"]},
+        "WanCoreSampler": dict(SMALL),
+        "WanCoreLoadVideo": {"width": SMALL["width"], "height": SMALL["height"], "max_frames": SMALL["frames"]},
+    }
+
+
+def _check_spec(node: str, name: str, spec: tuple) -> None:
+    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    assert isinstance(kind, (str, list)), (node, name)
+    assert options.get("tooltip"), f"{node}.{name} has no tooltip"
+    if isinstance(kind, list) and "default" in options:
+        assert options["default"] in kind, (node, name)
+    if kind in ("INT", "FLOAT") and "default" in options:
+        assert options.get("min", float("-inf")) <= options["default"] <= options.get("max", float("inf")), (node, name)
+
+
+def test_node_contract(env):
+    mappings = load_pack().NODE_CLASS_MAPPINGS
+    assert set(mappings) == set(load_pack().NODE_DISPLAY_NAME_MAPPINGS)
+    assert len(mappings) == 9
+    for node, cls in mappings.items():
+        assert node.startswith("WanCore") and cls.CATEGORY.startswith("WanCore/"), node
+        assert cls.DESCRIPTION and isinstance(cls.RETURN_TYPES, tuple), node
+        assert callable(getattr(cls, cls.FUNCTION)), node
+        assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES), node
+        types = cls.INPUT_TYPES()
+        assert isinstance(types.get("required"), dict), node
+        for section in ("required", "optional"):
+            for name, spec in types.get(section, {}).items():
+                _check_spec(node, name, spec)
+    assert all(t.startswith("WANCORE_") or t in ("LATENT", "IMAGE", "STRING", "FLOAT", "INT")
+               for cls in mappings.values() for t in cls.RETURN_TYPES)
+
+
+def _input_spec(cls, name):
+    types = cls.INPUT_TYPES()
+    return {**types.get("required", {}), **types.get("optional", {})}[name]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_file_is_valid(env, path):
+    workflow = load_workflow(path)
+    classes = node_classes()
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    assert all(n["type"] in classes for n in nodes.values()), "unknown node type"
+    for link_id, source, out_slot, target, in_slot, kind in workflow["links"]:
+        src, dst = nodes[source], nodes[target]
+        assert src["outputs"][out_slot]["type"] == kind == dst["inputs"][in_slot]["type"]
+        assert classes[src["type"]].RETURN_TYPES[out_slot] == kind
+        assert _input_spec(classes[dst["type"]], dst["inputs"][in_slot]["name"])[0] == kind
+        assert dst["inputs"][in_slot]["link"] == link_id and link_id in src["outputs"][out_slot]["links"]
+    for node in nodes.values():
+        widgets = widget_inputs(classes[node["type"]])
+        assert len(node["widgets_values"]) == len(widgets), node["type"]
+        for (name, spec), value in zip(widgets, node["widgets_values"]):
+            kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+            if name is None:
+                assert value in ("fixed", "increment", "decrement", "randomize")
+            elif isinstance(kind, list) and name not in FILE_LISTS:
+                assert value in kind, (node["type"], name, value)
+            elif kind in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and options.get("min", value) <= value <= options.get("max", value)
+            elif kind == "STRING":
+                assert isinstance(value, str)
+            elif kind == "BOOLEAN":
+                assert isinstance(value, bool)
+
+
+def _decoded(path: str) -> tuple[int, int, int]:
+    with av.open(path) as container:
+        frames = [f for f in container.decode(video=0)]
+    return len(frames), frames[0].height, frames[0].width
+
+
+def _input_clip(env) -> None:
+    from wan_core.video_io import write_video
+
+    clip = torch.rand(9, 96, 128, 3)
+    write_video(clip, env / "input" / "input_clip.mp4", fps=16)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs_on_the_demo_model(env, path):
+    workflow = load_workflow(path)
+    if any(n["type"] == "WanCoreLoadVideo" for n in workflow["nodes"]):
+        _input_clip(env)
+    results = run_workflow(workflow, _demo_overrides())
+    writer = next(n for n in workflow["nodes"] if n["type"] == "WanCoreVideoWriter")
+    written = results[writer["id"]][0]
+    assert Path(written).is_file() and Path(written).parent.is_relative_to(env / "output")
+    scale = next((n["widgets_values"][1] for n in workflow["nodes"] if n["type"] == "ImageScaleBy"), 1.0)
+    assert _decoded(written) == (SMALL["frames"], round(SMALL["height"] * scale), round(SMALL["width"] * scale))
+
+
+def _t2v_graph(env):
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    model = nodes["WanCoreModelLoader"]().load(DEMO_FILES["diffusion_models"], "default")[0]
+    encoder = nodes["WanCoreTextEncoderLoader"]().load(DEMO_FILES["text_encoders"], "default")[0]
+    embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "")[0]
+    return nodes, model, encoder, embeds
+
+
+@pytest.mark.parametrize(("size", "message"), [
+    ({"frames": 14}, "use 13 or 17"),
+    ({"width": 833}, "width 833 is not a multiple of 16 .*use 832 or 848"),
+])
+def test_bad_sizes_fail_before_work_with_the_fix(env, size, message):
+    nodes, model, _, embeds = _t2v_graph(env)
+    pack = load_pack()
+    settings = {**SMALL, **size, "seed": 1, "cfg": 5.0, "shift": 5.0, "sampler": "unipc", "denoise": 1.0}
+    with pytest.raises(pack.wan_core.InputError, match=message):
+        nodes["WanCoreSampler"]().run(model, embeds, **settings)
+
+
+def test_interrupt_mid_sampling_writes_nothing(env, monkeypatch):
+    nodes, model, _, embeds = _t2v_graph(env)
+    host = load_pack().nodes.host
+    calls = []
+    monkeypatch.setattr(host, "interrupt_requested", lambda: calls.append(1) or len(calls) >= 2)
+    before = set((env / "output").rglob("*")) if (env / "output").exists() else set()
+    settings = {**SMALL, "steps": 6, "seed": 1, "cfg": 5.0, "shift": 5.0, "sampler": "unipc", "denoise": 1.0}
+    with pytest.raises(load_pack().wan_core.RenderInterrupted):
+        nodes["WanCoreSampler"]().run(model, embeds, **settings)
+    assert len(calls) == 2
+    after = set((env / "output").rglob("*")) if (env / "output").exists() else set()
+    assert after == before
+
+
+def test_text_encoder_is_moved_off_the_compute_device(env, monkeypatch):
+    nodes, _, encoder, _ = _t2v_graph(env)
+    host = load_pack().nodes.host
+    moves = []
+    monkeypatch.setattr(host, "compute_device", lambda: torch.device("cuda", 0))
+    monkeypatch.setattr(encoder, "to", lambda device: moves.append(torch.device(device)) or encoder)
+    embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "")[0]
+    assert moves == [torch.device("cuda", 0), host.offload_device()]
+    assert embeds.positive.shape[0] == 1 and embeds.positive.device.type == "cpu"
