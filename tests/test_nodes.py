@@ -97,7 +97,8 @@ def test_workflow_file_is_valid(env, path):
             elif isinstance(kind, list) and name not in FILE_LISTS:
                 assert value in kind, (node["type"], name, value)
             elif kind in ("INT", "FLOAT"):
-                assert isinstance(value, (int, float)) and options.get("min", value) <= value <= options.get("max", value)
+                assert isinstance(value, (int, float))
+                assert options.get("min", value) <= value <= options.get("max", value)
             elif kind == "STRING":
                 assert isinstance(value, str)
             elif kind == "BOOLEAN":
