@@ -1,0 +1,117 @@
+"""The pack inside a real ComfyUI (Comfy-Org/ComfyUI checkout at $COMFYUI_PATH), over its HTTP API.
+
+ComfyUI is started on 127.0.0.1 with ``--cpu`` and a fresh ``--base-directory`` holding this pack
+in ``custom_nodes/`` and the tiny demo models in ``models/``; the t2v example workflow is sent to
+``/prompt`` in API format and the written video is decoded. ``$COMFYUI_PYTHON`` names the Python
+of ComfyUI's environment (default: this one). Skipped, visibly, without ``COMFYUI_PATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import pytest
+from test_nodes import SMALL, _demo_overrides
+from workflow_runner import ROOT, load_workflow, node_classes, widget_inputs
+
+from wan_core.demo import write_demo_models
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set: no ComfyUI checkout to test in")
+START_TIMEOUT, RENDER_TIMEOUT = 240, 600
+
+
+def ui_to_api(workflow: dict, overrides: dict[str, dict]) -> dict:
+    """The API-format prompt ComfyUI's frontend would send for a UI-format workflow."""
+    classes = node_classes()
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        inputs = {name: value for (name, _), value in zip(widget_inputs(classes[node["type"]]),
+                                                          node["widgets_values"]) if name is not None}
+        inputs.update(overrides.get(node["type"], {}))
+        for sock in node.get("inputs", []):
+            if sock.get("link") is not None:
+                _, source, slot, *_ = links[sock["link"]]
+                inputs[sock["name"]] = [str(source), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc, log: Path, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            return _get(url)
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"ComfyUI did not answer {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def test_t2v_workflow_in_a_real_comfyui(tmp_path):
+    base = tmp_path / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / "ComfyUI-WanCore").symlink_to(ROOT, target_is_directory=True)
+    write_demo_models(base / "models")
+    port = _free_port()
+    log = tmp_path / "comfyui.log"
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                 "--base-directory", str(base), "--disable-auto-launch"],
+                                cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        info = _wait_for(f"{url}/object_info", proc, log, START_TIMEOUT)
+        ours = [name for name in node_classes() if name.startswith("WanCore")]
+        assert set(ours) <= set(info), f"missing nodes: {set(ours) - set(info)}\n{log.read_text()[-3000:]}"
+        ui = load_workflow(ROOT / "example_workflows" / "wan2.1_t2v_1.3B.json")
+        body = json.dumps({"prompt": ui_to_api(ui, _demo_overrides()), "client_id": "wancore-test",
+                           "extra_data": {"extra_pnginfo": {"workflow": ui}}}).encode()
+        request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            prompt_id = json.loads(response.read())["prompt_id"]
+        deadline = time.monotonic() + RENDER_TIMEOUT
+        while time.monotonic() < deadline:
+            history = _get(f"{url}/history/{prompt_id}").get(prompt_id)
+            if history and history.get("status", {}).get("completed") is not None:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"no result within {RENDER_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        videos = sorted((base / "output").rglob("*.mp4"))
+        assert len(videos) == 1
+        with av.open(str(videos[0])) as container:
+            frames = list(container.decode(video=0))
+            assert "workflow" in {k.lower() for k in container.metadata}
+        assert (len(frames), frames[0].height, frames[0].width) == (SMALL["frames"], SMALL["height"], SMALL["width"])
+        ui_outputs = [o for o in history["outputs"].values() if "images" in o]
+        assert ui_outputs and ui_outputs[0]["images"][0]["filename"] == videos[0].name
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
