@@ -77,8 +77,13 @@ class TextEncoder:
         if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
             raise InputError(f"encode takes a non-empty list of prompt strings, got {texts!r}")
         ids, mask = self.tokenizer(texts)
-        states = self.model(ids.to(self.device), mask.to(self.device)).float()
-        return states * mask.to(states.device)[..., None]
+        # Positions after the longest prompt are padding: their keys are masked out and their outputs
+        # zeroed, and the position bias depends only on distances, so they need no compute at all.
+        used = int(mask.sum(1).max())
+        states = self.model(ids[:, :used].to(self.device), mask[:, :used].to(self.device)).float()
+        out = torch.zeros(len(texts), ids.shape[1], states.shape[-1], device=states.device)
+        out[:, :used] = states * mask[:, :used].to(states.device)[..., None]
+        return out
 
 
 def load_text_encoder(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
