@@ -6,7 +6,8 @@ from .dit import WanDiT
 from .dit_loading import load_dit
 from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
 from .latents import denormalize_latents, normalize_latents
-from .pipeline import ImageEmbeds, TextEmbeds, text_to_video
+from .clip_vision import ClipVision, load_clip_vision
+from .pipeline import ImageEmbeds, TextEmbeds, image_to_video, text_to_video
 from .sampling import SAMPLERS, sample
 from .text_encoder_loading import TextEncoder, load_text_encoder
 from .vae import WanVAE
@@ -18,4 +19,5 @@ __all__ = [
     "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError", "normalize_latents",
     "denormalize_latents", "SAMPLERS", "sample", "WanVAE", "load_vae", "TextEncoder", "load_text_encoder",
     "Clip", "read_metadata", "read_video", "write_video", "ImageEmbeds", "TextEmbeds", "text_to_video",
+    "image_to_video", "ClipVision", "load_clip_vision",
 ]

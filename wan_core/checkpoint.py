@@ -31,8 +31,8 @@ KIND_DESCRIPTIONS = {
 _KIND_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lora", ("lora_down", "lora_A", "lora_up", "lora_B")),
     ("dit", ("self_attn.q.weight", "attn1.to_q.weight", "head.modulation", "scale_shift_table")),
+    ("clip_vision", ("vision_model.", "visual.", "class_embedding")),  # before text: CLIP .pth has a text tower
     ("text_encoder", ("SelfAttention.q.weight", "shared.weight", "token_embedding.weight", "attn.q.weight")),
-    ("clip_vision", ("vision_model.", "visual.", "class_embedding")),
     ("vae", ("decoder.", "encoder.", "conv1.weight", "post_quant_conv")),
 )
 

@@ -7,11 +7,12 @@ import argparse
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m wan_core.bench", description=__doc__)
-    parser.add_argument("what", choices=["dit", "vae"], help="which benchmark to run")
+    parser.add_argument("what", choices=["dit", "vae", "text", "video"], help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "full"], default="small",
                         help="vae: 9 frames at 256x256 (small) or 17 frames at 832x480 (full, slow on CPU)")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
+    parser.add_argument("--layers", type=int, default=6, help="text: encoder layers of the 24 (memory bound)")
     args = parser.parse_args(argv)
     if args.what == "dit":
         from . import dit
@@ -21,6 +22,14 @@ def main(argv=None) -> None:
         from . import vae
 
         vae.main(runs=args.runs or 1, size=args.size, impls=tuple(args.impl or vae.IMPLS))
+    elif args.what == "text":
+        from . import text
+
+        text.main(layers=args.layers)
+    elif args.what == "video":
+        from . import video
+
+        video.main()
 
 
 if __name__ == "__main__":
