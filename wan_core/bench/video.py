@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import gib, run_worker
+from .common import gib, peak_rss_bytes, run_worker
 
 WIDTH, HEIGHT = 832, 480
 FORMATS = ("mp4", "mp4-h265", "webm", "gif", "mov", "png")
@@ -42,7 +42,9 @@ class Frames:
 
 
 def _peak(who) -> int:
-    return resource.getrusage(who).ru_maxrss * 1024
+    if who == resource.RUSAGE_SELF:
+        return peak_rss_bytes()
+    return resource.getrusage(who).ru_maxrss * 1024  # the ffmpeg child (an upper bound: see common.py)
 
 
 def worker(impl: str, fmt: str, count: int, folder: str) -> dict:
