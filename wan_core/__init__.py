@@ -1,12 +1,12 @@
 """wan_core: the Wan2.1 video engine in pure PyTorch (no ComfyUI imports; see DESIGN.md §3)."""
 
+from .clip_vision import ClipVision, load_clip_vision
 from .config import PRESETS, DiTConfig, detect
 from .constants import LATENT_MEAN, LATENT_STD, NEGATIVE_PROMPT
 from .dit import WanDiT
 from .dit_loading import load_dit
 from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
 from .latents import denormalize_latents, normalize_latents
-from .clip_vision import ClipVision, load_clip_vision
 from .pipeline import ImageEmbeds, TextEmbeds, image_to_video, text_to_video
 from .sampling import SAMPLERS, sample
 from .text_encoder_loading import TextEncoder, load_text_encoder
