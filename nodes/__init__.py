@@ -3,6 +3,7 @@
 Reached only relatively from the pack root, never as a top-level ``nodes`` (ComfyUI has one).
 """
 
+from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
 from .loaders import WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
 from .sampler import WanCoreSampler
 from .text import WanCoreTextEncode
@@ -19,6 +20,8 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreVAEEncode": WanCoreVAEEncode,
     "WanCoreVideoWriter": WanCoreVideoWriter,
     "WanCoreLoadVideo": WanCoreLoadVideo,
+    "WanCoreCLIPVisionLoader": WanCoreCLIPVisionLoader,
+    "WanCoreImageToVideo": WanCoreImageToVideo,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -31,4 +34,6 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanCoreVAEEncode": "Wan VAE Encode (WanCore)",
     "WanCoreVideoWriter": "Wan Video Writer (WanCore)",
     "WanCoreLoadVideo": "Wan Load Video (WanCore)",
+    "WanCoreCLIPVisionLoader": "Wan CLIP Vision Loader (WanCore)",
+    "WanCoreImageToVideo": "Wan Image To Video (WanCore)",
 }

@@ -43,13 +43,14 @@ class WanCoreSampler:
         }, "optional": {
             "latent": ("LATENT", {"tooltip": "Start latent for video-to-video; its size overrides width, height "
                                   "and frames."}),
-            "image_embeds": ("WANCORE_IMAGE_EMBEDS", {"tooltip": "Image conditioning for i2v / flf2v models."}),
+            "image_embeds": ("WANCORE_IMAGE_EMBEDS", {"tooltip": "Image conditioning for i2v / flf2v models; "
+                             "its size and frame count replace width, height and frames."}),
         }}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
             latent=None, image_embeds=None):
         start = None if latent is None else latent["samples"]
-        request = SampleRequest(width, height, frames)
+        request = SampleRequest(width, height, frames) if image_embeds is None else image_embeds.request()
         if start is None:
             request.latent_shape()  # sizes checked before anything is moved or drawn
         conditioning = {} if image_embeds is None else {"clip_fea": image_embeds.clip_fea, "y": image_embeds.y}

@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NATIVE = {
     "ImageScaleBy": {"inputs": [("image", "IMAGE")], "outputs": [("IMAGE", "IMAGE")],
                      "widgets": ["upscale_method", "scale_by"]},
+    "ImageScale": {"inputs": [("image", "IMAGE")], "outputs": [("IMAGE", "IMAGE")],
+                   "widgets": ["upscale_method", "width", "height", "crop"]},
+    "LoadImage": {"inputs": [], "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")], "widgets": ["image", "upload"]},
 }
 
 T2V_PROMPT = ("A red fox trots through fresh snow in a birch forest at dawn, soft golden light, breath visible "
@@ -74,6 +77,8 @@ def build(nodes: list[dict], classes) -> dict:
                     link[4], link[5] = len(entry_inputs), socket
                 entry_inputs.append({"name": name, "type": socket, "link": incoming[0][0] if incoming else None})
         widget_values = [node["widgets"].get(name, "fixed") if name else "fixed" for name in widget_names]
+        if kind == "LoadImage":
+            widget_values[-1] = "image"  # the upload button's value
         graph_nodes.append({
             "id": node["id"], "type": kind, "pos": list(node["pos"]), "size": [320, 60 + 26 * len(widget_values)],
             "flags": {}, "order": order, "mode": 0, "inputs": entry_inputs,
@@ -132,12 +137,49 @@ def _negative() -> str:
     return NEGATIVE_PROMPT
 
 
+I2V_PROMPT = ("The woman turns her head towards the camera and smiles, her hair moving gently in the wind, soft "
+              "afternoon light, natural motion.")
+FLF2V_PROMPT = "The camera slowly moves from the first view to the last, smooth continuous motion."
+
+
+def _i2v(dit: str, width: int, height: int, prefix: str, shift: float, steps: int, end: bool = False,
+         chain: bool = False) -> list[dict]:
+    nodes = _t2v(dit, width, height, prefix)
+    nodes[3]["widgets"]["positive"] = FLF2V_PROMPT if end else I2V_PROMPT
+    nodes[4]["widgets"].update(shift=shift, steps=steps)
+    nodes[4]["links"]["image_embeds"] = (10, 0)
+    start_source = (12, 0) if chain else (8, 0)
+    nodes += [
+        {"id": 8, "type": "LoadImage", "pos": (40, 560), "widgets": {"image": "start_frame.png"}},
+        {"id": 9, "type": "WanCoreCLIPVisionLoader", "pos": (40, 880),
+         "widgets": {"clip_name": "clip_vision_h.safetensors"}},
+        {"id": 10, "type": "WanCoreImageToVideo", "pos": (400, 560),
+         "links": {"clip_vision": (9, 0), "vae": (3, 0), "start_image": start_source},
+         "widgets": {"width": width, "height": height, "frames": 81, "keep_aspect": True}},
+    ]
+    if end:
+        nodes.append({"id": 11, "type": "LoadImage", "pos": (40, 1000), "widgets": {"image": "end_frame.png"}})
+        nodes[-2]["links"]["end_image"] = (11, 0)
+    if chain:
+        nodes.append({"id": 12, "type": "ImageScale", "pos": (220, 760), "links": {"image": (8, 0)},
+                      "widgets": {"upscale_method": "lanczos", "width": width, "height": height, "crop": "center"}})
+    return nodes
+
+
 WORKFLOWS = {
     "wan2.1_t2v_1.3B": lambda: _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_1.3B"),
     "wan2.1_t2v_14B": lambda: _t2v("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", 1280, 720, "WanCore/t2v_14B"),
     "wan2.1_v2v_1.3B": _v2v,
     "wan2.1_t2v_1.3B_upscale": lambda: _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_upscaled",
                                             upscale=True),
+    "wan2.1_i2v_480p": lambda: _i2v("wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors", 832, 480, "WanCore/i2v_480p",
+                                    shift=3.0, steps=40),
+    "wan2.1_i2v_720p": lambda: _i2v("wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors", 1280, 720, "WanCore/i2v_720p",
+                                    shift=5.0, steps=40),
+    "wan2.1_flf2v_720p": lambda: _i2v("wan2.1_flf2v_720p_14B_fp16.safetensors", 1280, 720, "WanCore/flf2v_720p",
+                                      shift=16.0, steps=50, end=True),
+    "wan2.1_i2v_480p_image_chain": lambda: _i2v("wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors", 832, 480,
+                                                "WanCore/i2v_chain", shift=3.0, steps=40, chain=True),
 }
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from workflow_runner import ROOT, load_pack, load_workflow, node_classes, run_workflow, widget_inputs
 
-from wan_core.demo import DEMO_FILES, write_demo_models
+from wan_core.demo import DEMO_FILES, DEMO_IMAGE_FILES, write_demo_models
 
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 SMALL = {"width": 64, "height": 48, "frames": 5, "steps": 3}
-FILE_LISTS = {"model_name", "vae_name", "video"}  # combos listing the user's files
+FILE_LISTS = {"model_name", "vae_name", "video", "clip_name", "image"}  # combos listing the user's files
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,19 @@ def env(tmp_path_factory):
         os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
-def _demo_overrides():
+def _demo_overrides(workflow: dict | None = None):
+    dit = DEMO_FILES["diffusion_models"]
+    loader = next((n for n in (workflow or {}).get("nodes", []) if n["type"] == "WanCoreModelLoader"), None)
+    for kind in ("flf2v", "i2v"):  # the demo model of the same kind as the workflow's
+        if loader and kind in loader["widgets_values"][0]:
+            dit = DEMO_IMAGE_FILES[kind][1]
+            break
+    small = {"width": SMALL["width"], "height": SMALL["height"]}
     return {
-        "WanCoreModelLoader": {"model_name": DEMO_FILES["diffusion_models"]},
+        "WanCoreModelLoader": {"model_name": dit},
+        "WanCoreCLIPVisionLoader": {"clip_name": DEMO_IMAGE_FILES["clip_vision"][1]},
+        "WanCoreImageToVideo": {**small, "frames": SMALL["frames"]},
+        "ImageScale": small,
         "WanCoreTextEncoderLoader": {"model_name": DEMO_FILES["text_encoders"]},
         "WanCoreVAELoader": {"vae_name": DEMO_FILES["vae"]},
         "WanCoreSampler": dict(SMALL),
@@ -55,7 +65,7 @@ def _check_spec(node: str, name: str, spec: tuple) -> None:
 def test_node_contract(env):
     mappings = load_pack().NODE_CLASS_MAPPINGS
     assert set(mappings) == set(load_pack().NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(mappings) == 9
+    assert len(mappings) == 11
     for node, cls in mappings.items():
         assert node.startswith("WanCore") and cls.CATEGORY.startswith("WanCore/"), node
         assert cls.DESCRIPTION and isinstance(cls.RETURN_TYPES, tuple), node
@@ -92,8 +102,8 @@ def test_workflow_file_is_valid(env, path):
         assert len(node["widgets_values"]) == len(widgets), node["type"]
         for (name, spec), value in zip(widgets, node["widgets_values"]):
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
-            if name is None:
-                assert value in ("fixed", "increment", "decrement", "randomize")
+            if name is None:  # control-after-generate, or a native node's extra widget (LoadImage's upload)
+                assert value in ("fixed", "increment", "decrement", "randomize") or spec == ("STRING",)
             elif isinstance(kind, list) and name not in FILE_LISTS:
                 assert value in kind, (node["type"], name, value)
             elif kind in ("INT", "FLOAT"):
@@ -111,6 +121,17 @@ def _decoded(path: str) -> tuple[int, int, int]:
     return len(frames), frames[0].height, frames[0].width
 
 
+def _input_images(env) -> None:
+    """Start and end frames at the demo render's aspect ratio (so keep_aspect keeps its size)."""
+    from wan_core.video_io import write_video
+
+    for name, seed in (("start_frame", 1), ("end_frame", 2)):
+        image = torch.rand(1, SMALL["height"], SMALL["width"], 3, generator=torch.Generator().manual_seed(seed))
+        path = write_video(image, env / "input" / name, fmt="png")
+        (path / "frame_00000.png").replace(env / "input" / f"{name}.png")
+        path.rmdir()
+
+
 def _input_clip(env) -> None:
     from wan_core.video_io import write_video
 
@@ -123,7 +144,9 @@ def test_workflow_runs_on_the_demo_model(env, path):
     workflow = load_workflow(path)
     if any(n["type"] == "WanCoreLoadVideo" for n in workflow["nodes"]):
         _input_clip(env)
-    results = run_workflow(workflow, _demo_overrides())
+    if any(n["type"] == "LoadImage" for n in workflow["nodes"]):
+        _input_images(env)
+    results = run_workflow(workflow, _demo_overrides(workflow))
     writer = next(n for n in workflow["nodes"] if n["type"] == "WanCoreVideoWriter")
     written = results[writer["id"]][0]
     assert Path(written).is_file() and Path(written).parent.is_relative_to(env / "output")

@@ -49,7 +49,55 @@ class ImageScaleBy:
         return (out.movedim(1, -1).clamp(0, 1),)
 
 
-NATIVE = {"ImageScaleBy": ImageScaleBy}
+class ImageScale:
+    """Stand-in for ComfyUI's native ImageScale (IMAGE, upscale_method, width, height, crop) -> IMAGE."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
+                             "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                             "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                             "crop": (["disabled", "center"],)}}
+
+    def upscale(self, image, upscale_method, width, height, crop):
+        h, w = image.shape[1:3]
+        if crop == "center":  # crop to the target aspect first, as ComfyUI's common_upscale does
+            target = width / height
+            if w / h > target:
+                cut = round((w - h * target) / 2)
+                image = image[:, :, cut:w - cut]
+            else:
+                cut = round((h - w / target) / 2)
+                image = image[:, cut:h - cut]
+        mode = "bicubic" if upscale_method == "lanczos" else upscale_method
+        out = torch.nn.functional.interpolate(image.movedim(-1, 1), size=(height, width), mode=mode)
+        return (out.movedim(1, -1).clamp(0, 1),)
+
+
+class LoadImage:
+    """Stand-in for ComfyUI's native LoadImage: an image from the input folder -> IMAGE, MASK."""
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ([], {"image_upload": True})}}
+
+    def load(self, image):
+        from wan_core.video_io import read_video
+
+        host = load_pack().nodes.host
+        frames = read_video(host.input_path(image)).images()[:1]
+        return (frames, torch.ones(frames.shape[:3]))
+
+
+NATIVE = {"ImageScaleBy": ImageScaleBy, "ImageScale": ImageScale, "LoadImage": LoadImage}
+NATIVE_EXTRA_WIDGETS = {"LoadImage": ["upload"]}  # widget values the frontend stores beyond INPUT_TYPES
 
 
 def node_classes() -> dict[str, type]:
@@ -67,6 +115,7 @@ def widget_inputs(cls) -> list[tuple[str, tuple]]:
                 out.append((name, spec))
                 if len(spec) > 1 and spec[1].get("control_after_generate"):
                     out.append((None, spec))
+    out += [(None, ("STRING",)) for _ in NATIVE_EXTRA_WIDGETS.get(cls.__name__, [])]
     return out
 
 

@@ -17,6 +17,7 @@ from .errors import WanCoreError
 log = logging.getLogger("wan_core.cli")
 
 KINDS = {"dit": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+IMAGE_KINDS = {**KINDS, "clip_vision": "clip_vision"}
 SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
@@ -38,7 +39,17 @@ def _pick(models: Path, kind: str, name: str | None) -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wan_core", description="Render Wan2.1 videos without ComfyUI.")
     sub = parser.add_subparsers(dest="task", required=True)
-    t2v = sub.add_parser("t2v", help="text to video")
+    for task, text in (("t2v", "text to video"), ("i2v", "image to video"), ("flf2v", "first and last frame to video")):
+        _add_common(sub.add_parser(task, help=text), task)
+    return parser
+
+
+def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
+    if task != "t2v":
+        t2v.add_argument("--image", required=True, type=Path, help="start frame (png / jpg / any image file)")
+        t2v.add_argument("--clip-vision", help="file in clip_vision/ (default: the only one)")
+    if task == "flf2v":
+        t2v.add_argument("--end-image", required=True, type=Path, help="last frame")
     t2v.add_argument("--prompt", required=True)
     t2v.add_argument("--negative", default=NEGATIVE_PROMPT, help="negative prompt (default: the official one)")
     t2v.add_argument("--out", required=True, type=Path, help="output file; the extension picks the format")
@@ -55,12 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     t2v.add_argument("--frames", type=int, help="4n+1 frames")
     t2v.add_argument("--steps", type=int)
     t2v.add_argument("--cfg", type=float, default=5.0)
-    t2v.add_argument("--shift", type=float, default=5.0)
+    t2v.add_argument("--shift", type=float, default=5.0 if task == "t2v" else 3.0 if task == "i2v" else 16.0,
+                     help="schedule shift (official: 5.0 t2v, 3.0 480p i2v, 5.0 720p i2v, 16 flf2v)")
     t2v.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++", "euler"])
     t2v.add_argument("--seed", type=int, default=0)
     t2v.add_argument("--fps", type=float, default=16.0)
     t2v.add_argument("--device", default="cpu", help="cpu or cuda")
-    return parser
 
 
 def _format_for(path: Path) -> str:
@@ -72,22 +83,27 @@ def run(argv: list[str] | None = None) -> Path:
     """Parse ``argv``, render, and return the written path."""
     import torch
 
-    from . import load_dit, load_text_encoder, load_vae
+    from . import load_clip_vision, load_dit, load_text_encoder, load_vae
     from .demo import DEMO_SIZE, write_demo_models
-    from .pipeline import text_to_video
-    from .video_io import video_format, video_to_images, write_video
+    from .pipeline import image_to_video, text_to_video
+    from .sampling import SampleRequest
+    from .video_io import read_video, video_format, video_to_images, write_video
 
     args = _parser().parse_args(argv)
-    defaults = {"width": 832, "height": 480, "frames": 81, "steps": 50}
+    image_task = args.task != "t2v"
+    defaults = {"width": 832, "height": 480, "frames": 81, "steps": 40 if image_task else 50}
     if args.demo:
         defaults = DEMO_SIZE
         paths = write_demo_models(args.models / "demo")
+        if image_task:
+            paths["diffusion_models"] = paths[args.task]
         log.warning("DEMO: tiny random weights; the video is structured noise, not a picture")
     else:
-        paths = {k: _pick(args.models, k, getattr(args, k)) for k in KINDS}
-        paths = {KINDS[k]: v for k, v in paths.items()}
+        kinds = IMAGE_KINDS if image_task else KINDS
+        paths = {kinds[k]: _pick(args.models, k, getattr(args, k)) for k in kinds}
     size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
+    SampleRequest(size["width"], size["height"], size["frames"]).latent_shape()  # so do bad sizes
     device = torch.device(args.device)
     text_encoder = load_text_encoder(paths["text_encoders"], device=device)
     dit = load_dit(paths["diffusion_models"], device=device)
@@ -96,8 +112,14 @@ def run(argv: list[str] | None = None) -> Path:
     def progress(step: int, total: int, _x0) -> None:
         log.info("step %d/%d", step + 1, total)
 
-    video = text_to_video(dit, text_encoder, vae, args.prompt, args.negative, seed=args.seed, cfg=args.cfg,
-                          shift=args.shift, sampler=args.sampler, callback=progress, **size)
+    common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler, callback=progress, **size)
+    if image_task:
+        clip = load_clip_vision(paths["clip_vision"], device=device)
+        start = read_video(args.image, max_frames=1).images()
+        end = read_video(args.end_image, max_frames=1).images() if args.task == "flf2v" else None
+        video = image_to_video(dit, text_encoder, vae, clip, start, args.prompt, args.negative, end=end, **common)
+    else:
+        video = text_to_video(dit, text_encoder, vae, args.prompt, args.negative, **common)
     metadata = {"prompt": args.prompt, "wancore": f"seed {args.seed}, {size}, sampler {args.sampler}"}
     return write_video(video_to_images(video), args.out, fps=args.fps, fmt=fmt, metadata=metadata)
 

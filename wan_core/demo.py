@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .clip_vision import ClipVision, ClipVisionConfig
 from .config import DiTConfig
 from .constants import NEGATIVE_PROMPT
 from .dit import WanDiT
@@ -27,9 +28,17 @@ DEMO_FILES = {
     "text_encoders": "wancore_demo_umt5.safetensors",
     "vae": "wancore_demo_vae.safetensors",
 }
+DEMO_IMAGE_FILES = {  # key -> (model folder, file name)
+    "i2v": ("diffusion_models", "wancore_demo_i2v.safetensors"),
+    "flf2v": ("diffusion_models", "wancore_demo_flf2v.safetensors"),
+    "clip_vision": ("clip_vision", "wancore_demo_clip_vision.safetensors"),
+}
 TEXT = TextEncoderConfig(vocab=1024, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)
 DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim)
 VAE = VAEConfig(base_dim=8)
+CLIP = ClipVisionConfig(dim=160, num_heads=2, num_layers=2, mlp_dim=320)
+I2V = DiTConfig("i2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
+FLF2V = DiTConfig("flf2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
 DEMO_SIZE = {"width": 256, "height": 160, "frames": 17, "steps": 8}
 """Render settings that keep a demo to seconds on a CPU."""
 
@@ -62,9 +71,11 @@ def _random(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
 
 
 def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
-    """Write the three demo files under ``models_dir`` (once; existing files are kept). Returns their paths."""
+    """Write the demo files under ``models_dir`` (once; existing files are kept). Returns their paths:
+    keys ``diffusion_models`` (t2v), ``text_encoders``, ``vae``, ``i2v``, ``flf2v``, ``clip_vision``."""
     models_dir = Path(models_dir)
     paths = {kind: models_dir / kind / name for kind, name in DEMO_FILES.items()}
+    paths.update({key: models_dir / kind / name for key, (kind, name) in DEMO_IMAGE_FILES.items()})
     if all(p.is_file() for p in paths.values()):
         return paths
     for path in paths.values():
@@ -74,6 +85,9 @@ def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
         "vae": lambda: _random(WanVAE(VAE), 2),
         "text_encoders": lambda: {**_random(UMT5Encoder(TEXT), 3),
                                   "spiece_model": torch.frombuffer(bytearray(_tokenizer_model()), dtype=torch.uint8)},
+        "i2v": lambda: _random(WanDiT(I2V), 4),
+        "flf2v": lambda: _random(WanDiT(FLF2V), 5),
+        "clip_vision": lambda: _random(ClipVision(CLIP), 6),
     }
     for kind, path in paths.items():
         if not path.is_file():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constants import NEGATIVE_PROMPT
+from .constants import NEGATIVE_PROMPT, VAE_STRIDE
 from .dit import WanDiT
 from .errors import InputError
 from .sampling import SampleRequest, sample
@@ -46,6 +46,12 @@ class ImageEmbeds:
 
     clip_fea: torch.Tensor
     y: torch.Tensor
+
+    def request(self) -> SampleRequest:
+        """The render size ``y`` was built for (the sampler must use exactly this)."""
+        _, _, latent_frames, lat_h, lat_w = self.y.shape
+        return SampleRequest(width=lat_w * VAE_STRIDE[2], height=lat_h * VAE_STRIDE[1],
+                             frames=(latent_frames - 1) * VAE_STRIDE[0] + 1)
 
 
 def encode_prompts(text_encoder: TextEncoder, positive: str, negative: str | None = None) -> TextEmbeds:

@@ -1,0 +1,66 @@
+"""Image-to-video nodes: the CLIP vision loader and the image conditioning for i2v / flf2v models."""
+
+from __future__ import annotations
+
+from ..wan_core import load_clip_vision
+from ..wan_core.i2v import image_conditioning, size_for_area
+from . import host
+
+
+class WanCoreCLIPVisionLoader:
+    DESCRIPTION = ("Loads the CLIP ViT-H/14 image encoder Wan2.1 i2v / flf2v models condition on "
+                   "(clip_vision_h.safetensors, or the official open-clip .pth) from models/clip_vision.")
+    CATEGORY = "WanCore/loaders"
+    RETURN_TYPES = ("WANCORE_CLIP_VISION",)
+    RETURN_NAMES = ("clip_vision",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_name": (host.list_models("clip_vision"), {"tooltip": "CLIP vision file in models/clip_vision."}),
+        }}
+
+    def load(self, clip_name):
+        return (load_clip_vision(host.model_path("clip_vision", clip_name), device=host.offload_device()),)
+
+
+class WanCoreImageToVideo:
+    DESCRIPTION = ("Builds the image conditioning of an i2v model from a start image, or of an flf2v model from a "
+                   "start and an end image: CLIP tokens plus the VAE latents of the known frames and their mask. "
+                   "Connect it to WanCoreSampler's image_embeds; the sampler then renders at the size set here.")
+    CATEGORY = "WanCore/conditioning"
+    RETURN_TYPES = ("WANCORE_IMAGE_EMBEDS",)
+    RETURN_NAMES = ("image_embeds",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_vision": ("WANCORE_CLIP_VISION", {"tooltip": "From WanCoreCLIPVisionLoader."}),
+            "vae": ("WANCORE_VAE", {"tooltip": "From WanCoreVAELoader: encodes the known frames."}),
+            "start_image": ("IMAGE", {"tooltip": "The first frame (the first image of a batch is used)."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16,
+                              "tooltip": "Output width (x16); with keep_aspect, width x height is the pixel area."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16, "tooltip": "Output height (x16)."}),
+            "frames": ("INT", {"default": 81, "min": 5, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
+            "keep_aspect": ("BOOLEAN", {"default": True, "tooltip": "Follow the start image's aspect ratio at about "
+                                        "width x height pixels, as the official pipeline does (sides x16); off: "
+                                        "exactly width x height, stretching the image."}),
+        }, "optional": {
+            "end_image": ("IMAGE", {"tooltip": "The last frame, for first-last-frame (flf2v) models only."}),
+        }}
+
+    def build(self, clip_vision, vae, start_image, width, height, frames, keep_aspect, end_image=None):
+        if keep_aspect:
+            height, width = size_for_area(start_image.shape[1], start_image.shape[2], width * height)
+        device = host.compute_device()
+        clip_vision.to(device)
+        vae.to(device)
+        try:
+            embeds = image_conditioning(vae, clip_vision, start_image, width, height, frames, end=end_image)
+        finally:
+            clip_vision.to(host.offload_device())
+            vae.to(host.offload_device())
+            host.release_memory()
+        return (embeds,)
