@@ -7,7 +7,7 @@ import argparse
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m wan_core.bench", description=__doc__)
-    parser.add_argument("what", choices=["dit", "vae", "text", "video"], help="which benchmark to run")
+    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip"], help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "full"], default="small",
                         help="vae: 9 frames at 256x256 (small) or 17 frames at 832x480 (full, slow on CPU)")
@@ -30,6 +30,10 @@ def main(argv=None) -> None:
         from . import video
 
         video.main()
+    elif args.what == "clip":
+        from . import clip
+
+        clip.main()
 
 
 if __name__ == "__main__":
