@@ -43,15 +43,15 @@ def worker(impl: str, weights: str) -> dict:
     if impl == "wan_core":
         from .. import load_clip_vision
 
-            model = load_clip_vision(weights)
-            pixels = model.preprocess(image)
-            run = lambda: model(pixels)  # noqa: E731
-        else:
-            from transformers import CLIPVisionModel
+        model = load_clip_vision(weights)
+        pixels = model.preprocess(image)
+        run = lambda: model(pixels)  # noqa: E731
+    else:
+        from transformers import CLIPVisionModel
 
-            model = CLIPVisionModel.from_pretrained(str(Path(weights).parent)).eval()
-            pixels = ClipVision.preprocess(types_namespace(), image)
-            run = lambda: model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # noqa: E731
+        model = CLIPVisionModel.from_pretrained(str(Path(weights).parent)).eval()
+        pixels = ClipVision.preprocess(types_namespace(), image)
+        run = lambda: model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # noqa: E731
     load = time.perf_counter() - start
     run()  # warm-up: page the weights in
     with PeakSampler() as peak:
