@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -105,6 +106,21 @@ def release_memory() -> None:
         _mm.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@contextmanager
+def on_compute_device(*models):
+    """Move ``models`` (anything with ``.to``) to the compute device for the block, then back to the
+    offload device and free cached memory, also when the block fails or is interrupted."""
+    device = compute_device()
+    for model in models:
+        model.to(device)
+    try:
+        yield device
+    finally:
+        for model in models:
+            model.to(offload_device())
+        release_memory()
 
 
 def interrupt_requested() -> bool:

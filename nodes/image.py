@@ -54,13 +54,6 @@ class WanCoreImageToVideo:
     def build(self, clip_vision, vae, start_image, width, height, frames, keep_aspect, end_image=None):
         if keep_aspect:
             height, width = size_for_area(start_image.shape[1], start_image.shape[2], width * height)
-        device = host.compute_device()
-        clip_vision.to(device)
-        vae.to(device)
-        try:
+        with host.on_compute_device(clip_vision, vae):
             embeds = image_conditioning(vae, clip_vision, start_image, width, height, frames, end=end_image)
-        finally:
-            clip_vision.to(host.offload_device())
-            vae.to(host.offload_device())
-            host.release_memory()
         return (embeds,)

@@ -55,16 +55,13 @@ class WanCoreSampler:
             request.latent_shape()  # sizes checked before anything is moved or drawn
         conditioning = {} if image_embeds is None else {"clip_fea": image_embeds.clip_fea, "y": image_embeds.y}
         progress = host.Progress(steps)
-        model.to(host.compute_device())
         try:
-            raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, seed=seed,
-                         steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
-                         callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)),
-                         interrupt=host.interrupt_requested, **conditioning)
+            with host.on_compute_device(model):
+                raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, seed=seed,
+                             steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
+                             callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)),
+                             interrupt=host.interrupt_requested, **conditioning)
         except RenderInterrupted:
             host.raise_if_interrupted()
             raise
-        finally:
-            model.to(host.offload_device())
-            host.release_memory()
         return ({"samples": raw.cpu()},)

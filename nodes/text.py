@@ -26,10 +26,6 @@ class WanCoreTextEncode:
         }}
 
     def encode(self, text_encoder, positive, negative):
-        text_encoder.to(host.compute_device())
-        try:
+        with host.on_compute_device(text_encoder):
             embeds = encode_prompts(text_encoder, positive, negative)
-        finally:
-            text_encoder.to(host.offload_device())
-            host.release_memory()
         return (embeds,)

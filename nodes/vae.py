@@ -45,13 +45,9 @@ class WanCoreVAEDecode:
 
     def decode(self, vae, latent, tiling):
         z = latent["samples"]
-        vae.to(host.compute_device())
-        try:
+        with host.on_compute_device(vae):
             tile = _tile(vae, tiling, z.shape[-2], z.shape[-1])
             video = vae.decode(z) if tile is None else decode_tiled(vae, z, tile, min(OVERLAP, tile // 2))
-        finally:
-            vae.to(host.offload_device())
-            host.release_memory()
         return (video_to_images(video).cpu(),)
 
 
@@ -73,11 +69,7 @@ class WanCoreVAEEncode:
 
     def encode(self, vae, images, tiling):
         video = images_to_video(images)
-        vae.to(host.compute_device())
-        try:
+        with host.on_compute_device(vae):
             tile = _tile(vae, tiling, video.shape[-2] // VAE_STRIDE[1], video.shape[-1] // VAE_STRIDE[2])
             z = vae.encode(video) if tile is None else encode_tiled(vae, video, tile, min(OVERLAP, tile // 2))
-        finally:
-            vae.to(host.offload_device())
-            host.release_memory()
         return ({"samples": z.cpu()},)

@@ -111,8 +111,12 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         raise InputError(f"latent must be [B, {LATENT_CHANNELS}, F', H/8, W/8], got {shape}")
     if hasattr(model, "check_conditioning"):  # a WanDiT: wrong kind of conditioning fails before any work
         model.check_conditioning(context, clip_fea, y)
+    if context.shape[0] == 1 and shape[0] > 1:  # one prompt for a batch of start latents
+        context = context.expand(shape[0], -1, -1)
+        negative = None if negative is None else negative.expand(shape[0], -1, -1)
     if context.shape[0] != shape[0]:
-        raise InputError(f"{context.shape[0]} prompt(s) for a batch of {shape[0]} latents; they must match")
+        raise InputError(f"{context.shape[0]} prompt(s) for a batch of {shape[0]} latents; use one prompt or "
+                         "one per latent")
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else context.device
     x = make_noise(shape, seed).to(device)
     if latent is not None and denoise < 1.0:
