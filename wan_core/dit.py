@@ -43,12 +43,12 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x ``[B, L, C]``; cos/sin ``[L, 1, head_dim/2]`` -> ``[B, L, C]``."""
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        """x ``[B, L, C]``; rotation ``[L, 1, head_dim/2]`` complex (see :func:`rope_grid`) -> ``[B, L, C]``."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))  # [B, L, heads, d]
         k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
         v = self.v(x).unflatten(-1, (self.heads, -1))
-        return self.o(attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v))
+        return self.o(attention(apply_rope(q, rotation), apply_rope(k, rotation), v))
 
 
 class CrossAttention(nn.Module):
@@ -99,16 +99,16 @@ class AttentionBlock(nn.Module):
         self.ffn = nn.Sequential(linear(dim, cfg.ffn_dim), gelu_tanh(), linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, e: torch.Tensor, rotation: torch.Tensor,
                 context: torch.Tensor, context_img: torch.Tensor | None) -> torch.Tensor:
         """x ``[B, L, C]`` fp32; e ``[B, 6, C]`` fp32 time projection -> ``[B, L, C]`` fp32."""
         dtype = context.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).unsqueeze(2).unbind(1)
-        h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + self.self_attn(h.to(dtype), cos, sin).float() * gate1
+        h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)  # norm * (1 + scale) + shift, in one pass
+        x = torch.addcmul(x, self.self_attn(h.to(dtype), rotation).float(), gate1)
         x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_img).float()
-        h = self.norm2(x) * (1 + scale2) + shift2
-        return x + self.ffn(h.to(dtype)).float() * gate2
+        h = torch.addcmul(shift2, self.norm2(x), 1 + scale2)
+        return torch.addcmul(x, self.ffn(h.to(dtype)).float(), gate2)
 
 
 class Head(nn.Module):
@@ -124,7 +124,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x ``[B, L, C]``, e ``[B, C]`` time embedding -> ``[B, L, out_dim * prod(patch)]`` fp32."""
         shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)
-        return self.head(self.norm(x) * (1 + scale) + shift)
+        return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
 
 
 class ImageProjection(nn.Module):
@@ -210,7 +210,7 @@ class WanDiT(nn.Module):
         if y is not None:
             x = torch.cat([x, y.to(x.dtype)], dim=1)
         tokens, grid = self.patch_embedding(x.to(dtype))
-        cos, sin = rope_grid(self.rope_cos, self.rope_sin, grid, cfg.head_dim)
+        rotation = rope_grid(self.rope_cos, self.rope_sin, grid, cfg.head_dim)
 
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))  # [B, C] fp32
@@ -222,7 +222,7 @@ class WanDiT(nn.Module):
 
         h = tokens.float()
         for block in self.blocks:
-            h = block(h, e6, cos, sin, context, context_img)
+            h = block(h, e6, rotation, context, context_img)
         return self._unpatchify(self.head(h, e), grid)
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -118,9 +118,8 @@ def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0) -> tu
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
-def rope_grid(cos: torch.Tensor, sin: torch.Tensor, grid: tuple[int, int, int],
-              head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos / sin for every token of an ``(f, h, w)`` grid, flattened frame-major: ``[L, 1, head_dim//2]``."""
+def rope_grid(cos: torch.Tensor, sin: torch.Tensor, grid: tuple[int, int, int], head_dim: int) -> torch.Tensor:
+    """Unit complex rotations for every token of an ``(f, h, w)`` grid, frame-major: ``[L, 1, head_dim//2]``."""
     f, h, w = grid
     a, b, _ = rope_axis_sizes(head_dim)
 
@@ -130,16 +129,13 @@ def rope_grid(cos: torch.Tensor, sin: torch.Tensor, grid: tuple[int, int, int],
                  table[:w, a + b:].view(1, 1, w, -1).expand(f, h, w, -1))
         return torch.cat(parts, dim=-1).reshape(f * h * w, 1, -1)
 
-    return expand(cos.float()), expand(sin.float())
+    return torch.complex(expand(cos.float()), expand(sin.float()))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of ``x [B, L, heads, head_dim]`` by the grid angles (fp32 math)."""
-    dtype = x.dtype
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, heads, head_dim/2, 2]
-    re, im = pairs[..., 0], pairs[..., 1]
-    out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)
-    return out.flatten(-2).to(dtype)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of ``x [B, L, heads, head_dim]`` as complex numbers (fp32 math)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [B, L, heads, head_dim/2]
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
