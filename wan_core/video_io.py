@@ -235,6 +235,8 @@ def _write_container(frames, path: Path, spec: _Spec, rate: Fraction, quality, m
         if spec.even_size:
             width, height = width + width % 2, height + height % 2
         stream.width, stream.height, stream.pix_fmt = width, height, spec.pix_fmt
+        if spec.codec != "gif":  # encode frames on every core, as the ffmpeg command line does
+            stream.thread_type, stream.thread_count = "FRAME", 0
         crf = quality if quality is not None else spec.quality
         if crf is not None:
             stream.options = {"crf": str(int(crf))}

@@ -107,11 +107,12 @@ def worker(impl: str, weights: str, runs: int) -> dict:
     return result
 
 
-def matmul_roof(shape: tuple[int, ...], runs: int = 3) -> float:
+def matmul_roof(shape: tuple[int, ...], runs: int = 15) -> float:
     """GFLOP/s of a plain fp32 ``torch.mm`` at the feed-forward's size for this token count."""
     n = shape[2] * (shape[3] // 2) * (shape[4] // 2)
     a, b = torch.randn(n, CONFIG.dim), torch.randn(CONFIG.dim, CONFIG.ffn_dim)
-    torch.mm(a, b)
+    for _ in range(3):  # warm-up
+        torch.mm(a, b)
     seconds, _ = median_seconds(lambda: torch.mm(a, b), runs)
     return 2 * n * CONFIG.dim * CONFIG.ffn_dim / seconds / 1e9
 
