@@ -10,7 +10,7 @@ def main(argv=None) -> None:
     parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip"], help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
-                        help="vae: 9 frames at 256x256 (small), 5 at 832x480 (mid) or 17 at 832x480 (full: slow on CPU)")
+                        help="vae: 9 frames at 256x256 (small), 5 at 832x480 (mid), 17 at 832x480 (full: slow)")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     parser.add_argument("--layers", type=int, default=6, help="text: encoder layers of the 24 (memory bound)")
     args = parser.parse_args(argv)
