@@ -7,6 +7,7 @@ from unittest import mock
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny import dit_like_file, truncate
 from tiny_text import PROMPTS, train_sentencepiece
 
 import wan_core
@@ -147,10 +148,9 @@ def test_missing_tokenizer_wrong_kind_and_truncated(tmp_path):
     with pytest.raises(CheckpointError, match="no UMT5 tokenizer found; looked for .*spiece.model"):
         wan_core.load_text_encoder(path)
     dit = tmp_path / "dit.safetensors"
-    save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2), "head.modulation": torch.zeros(1, 2, 2)}, dit)
+    dit_like_file(dit)
     with pytest.raises(CheckpointError, match="is a Wan2.1 diffusion model .*, not a UMT5 text encoder"):
         wan_core.load_text_encoder(dit)
-    data = path.read_bytes()
-    path.write_bytes(data[:-500])
+    truncate(path, keep=0.99)
     with pytest.raises(CheckpointError, match="truncated"):
         wan_core.load_text_encoder(path)

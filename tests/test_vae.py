@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny import dit_like_file, truncate
 from tiny_vae import TINY, reference_vae, video
 from wan_reference import wan_module
 
@@ -131,11 +132,10 @@ def test_bad_latents_and_files(pair, tmp_path):
         ours.decode(torch.zeros(1, 4, 2, 4, 4))
     path = tmp_path / "vae.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    truncate(path)
     with pytest.raises(CheckpointError, match="truncated"):
         wan_core.load_vae(path)
     dit = tmp_path / "dit.safetensors"
-    save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2), "head.modulation": torch.zeros(1, 2, 2)}, dit)
+    dit_like_file(dit)
     with pytest.raises(CheckpointError, match="is a Wan2.1 diffusion model .*, not a Wan VAE"):
         wan_core.load_vae(dit)

@@ -52,3 +52,16 @@ def inputs(cfg: DiTConfig, batch: int = 1, frames: int = 3, h: int = 8, w: int =
         clip_fea = torch.randn(batch, cfg.clip_tokens, cfg.clip_dim, generator=gen)
         y = torch.randn(batch, cfg.in_dim - 16, frames, h, w, generator=gen)
     return x, t, context, clip_fea, y
+
+
+def truncate(path, keep: float = 0.5) -> None:
+    """Cut a file to ``keep`` of its size, as an interrupted download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def dit_like_file(path) -> None:
+    """A small safetensors file whose keys say "Wan DiT" (for wrong-loader errors)."""
+    from safetensors.torch import save_file
+
+    save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2), "head.modulation": torch.zeros(1, 2, 2)}, path)
