@@ -33,7 +33,7 @@ def _hf_clip(seed=0):
     return model
 
 
-def test_image(tmp_path) -> torch.Tensor:
+def photo_like_image(tmp_path) -> torch.Tensor:
     """A photo-like test image (shapes, gradients, noise) written to PNG and read back with PyAV."""
     h, w = 300, 400
     y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
@@ -68,7 +68,7 @@ def test_clip_vision_matches_transformers_on_a_real_image(tmp_path, layout):
         k: v.contiguous() for k, v in reference.state_dict().items()}
     save_file(state, path)
     ours = wan_core.load_clip_vision(path)
-    image = test_image(tmp_path)
+    image = photo_like_image(tmp_path)
     torch.testing.assert_close(ours.preprocess(image), _official_pixels(image), rtol=0, atol=1e-5)
     with torch.no_grad():
         want = reference(pixel_values=_official_pixels(image), output_hidden_states=True).hidden_states[-2]
