@@ -48,6 +48,17 @@ class ClipVisionConfig:
 VIT_H_14 = ClipVisionConfig()
 
 
+def preprocess(images: torch.Tensor, size: int = VIT_H_14.image_size) -> torch.Tensor:
+    """IMAGE ``[N, H, W, 3]`` 0..1 -> ``[N, 3, size, size]``: bicubic resize of the whole frame (no crop,
+    as the official pipeline does), then CLIP mean / std."""
+    if images.dim() != 4 or images.shape[-1] != 3:
+        raise InputError(f"image must be [N, height, width, 3] RGB, got shape {tuple(images.shape)}")
+    x = F.interpolate(images.float().movedim(-1, 1), size=(size, size), mode="bicubic", align_corners=False)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: ClipVisionConfig):
         super().__init__()
@@ -125,15 +136,8 @@ class ClipVision(nn.Module):
         self.vision_model = VisionTransformer(config)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """IMAGE ``[N, H, W, 3]`` 0..1 -> ``[N, 3, 224, 224]``: bicubic resize of the whole frame (no crop,
-        as the official pipeline does), then CLIP mean / std."""
-        if images.dim() != 4 or images.shape[-1] != 3:
-            raise InputError(f"image must be [N, height, width, 3] RGB, got shape {tuple(images.shape)}")
-        size = (self.config.image_size,) * 2
-        x = F.interpolate(images.float().movedim(-1, 1), size=size, mode="bicubic", align_corners=False)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        """IMAGE ``[N, H, W, 3]`` 0..1 -> ``[N, 3, S, S]`` normalized pixels (see :func:`preprocess`)."""
+        return preprocess(images, self.config.image_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalized ``[N, 3, 224, 224]`` -> the hidden state after the penultimate block ``[N, 257, dim]``."""

@@ -9,7 +9,6 @@ import re
 import torch
 
 from .checkpoint import attach_fp8_scales, check_keys, open_state_dict, placed_state, pop_fp8_scales, require_kind
-from .constants import TEXT_LEN
 from .errors import CheckpointError, InputError
 from .text_encoder import TextEncoderConfig, UMT5Encoder
 from .tokenizer import EMBEDDED_KEY, Tokenizer, find_tokenizer
@@ -98,7 +97,6 @@ def load_text_encoder(path: str | os.PathLike, tokenizer: str | os.PathLike | No
     state = open_state_dict(path)
     require_kind(path, state.keys(), "text_encoder")
     tok = find_tokenizer(path, state, tokenizer)
-    tok.max_length = TEXT_LEN
     state.pop(EMBEDDED_KEY, None)
     if "token_embedding.weight" in state:
         state = {official_to_hf(k): v for k, v in state.items()}

@@ -80,11 +80,7 @@ def _from_tokenizer_json(path: Path) -> Tokenizer:
     fast.no_padding()
     fast.no_truncation()
 
-    def encode(text: str) -> list[int]:
-        ids = fast.encode(text, add_special_tokens=False).ids
-        return ids
-
-    return Tokenizer(encode, str(path))
+    return Tokenizer(lambda text: fast.encode(text, add_special_tokens=False).ids, str(path))
 
 
 def _from_file(path: Path) -> Tokenizer:

@@ -354,9 +354,9 @@ class WanVAE(nn.Module):
         cache = CausalCache() if cache is None else cache
         bounds = [0, 1, *range(1 + chunk, n, chunk), n] if n > 1 else [0, 1]
         for start, stop in zip(bounds[:-1], bounds[1:]):
+            piece = self.decoder(x[:, :, start:stop], cache)  # 1 frame for the first chunk, 4 per latent after
             first = 0 if start == 0 else 1 + CHUNK * (start - 1)
-            out[:, :, first:first + (1 if start == 0 else CHUNK * (stop - start))] = \
-                self.decoder(x[:, :, start:stop], cache).float().clamp_(-1, 1)
+            out[:, :, first:first + piece.shape[2]] = piece.float().clamp_(-1, 1)
         return out
 
     def _device(self) -> torch.device:

@@ -14,7 +14,7 @@ import torch
 
 from .constants import VAE_STRIDE
 from .errors import InputError
-from .vae import WanVAE
+from .vae import WanVAE, check_video
 
 DECODE_ACTIVATION_FACTOR = 12
 """Live full-resolution activations during a decode chunk, in units of (base width x 4 frames x
@@ -100,10 +100,9 @@ def decode_tiled(vae: WanVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8)
 
 def encode_tiled(vae: WanVAE, video: torch.Tensor, tile: int = 32, overlap: int = 8) -> torch.Tensor:
     """Video ``[B, 3, F, H, W]`` -> RAW latents, encoding ``tile`` x ``tile`` latent cells (8x pixels) at a time."""
-    if video.dim() == 5 and video.shape[-1] % VAE_STRIDE[1] == 0 and video.shape[-2] % VAE_STRIDE[1] == 0:
-        latent_frames = (video.shape[2] - 1) // VAE_STRIDE[0] + 1
-        return _tiled(vae.encode, video, tile, overlap, VAE_STRIDE[1], 1, vae.config.z_dim, latent_frames)
-    return vae.encode(video)  # let encode's own checks explain what is wrong
+    check_video(video)  # the whole clip, before any tile is encoded
+    latent_frames = (video.shape[2] - 1) // VAE_STRIDE[0] + 1
+    return _tiled(vae.encode, video, tile, overlap, VAE_STRIDE[1], 1, vae.config.z_dim, latent_frames)
 
 
 def decode_bytes(vae: WanVAE, tile_h: int, tile_w: int, dtype: torch.dtype = torch.float32) -> int:

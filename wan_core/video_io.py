@@ -48,14 +48,17 @@ class _Spec:
     even_size: bool  # chroma subsampling needs even width and height: pad by one pixel
     quality: int | None  # default CRF (lower is better); None: the codec has no CRF
     metadata: bool  # the container keeps our metadata tags
+    options: tuple[tuple[str, str], ...] = ()  # fixed encoder options besides the CRF
 
 
 _SPECS = {
     VideoFormat.MP4: _Spec("mp4", "libx264", "yuv420p", ".mp4", True, 19, True),
-    VideoFormat.MP4_H265: _Spec("mp4", "libx265", "yuv420p", ".mp4", True, 24, True),
-    VideoFormat.WEBM: _Spec("webm", "libvpx-vp9", "yuv420p", ".webm", False, 30, True),
+    VideoFormat.MP4_H265: _Spec("mp4", "libx265", "yuv420p", ".mp4", True, 24, True,
+                                (("x265-params", "log-level=error"),)),
+    VideoFormat.WEBM: _Spec("webm", "libvpx-vp9", "yuv420p", ".webm", False, 30, True, (("b", "0"), ("row-mt", "1"))),
     VideoFormat.GIF: _Spec("gif", "gif", "pal8", ".gif", False, None, False),
-    VideoFormat.MOV: _Spec("mov", "prores_ks", "yuv422p10le", ".mov", True, None, True),
+    VideoFormat.MOV: _Spec("mov", "prores_ks", "yuv422p10le", ".mov", True, None, True,
+                           (("profile", "2"),)),  # ProRes 422 (standard)
     VideoFormat.PNG: _Spec(None, "png", "rgb24", "", False, None, True),
 }
 
@@ -238,14 +241,7 @@ def _write_container(frames, path: Path, spec: _Spec, rate: Fraction, quality, m
         if spec.codec != "gif":  # encode frames on every core, as the ffmpeg command line does
             stream.thread_type, stream.thread_count = "FRAME", 0
         crf = quality if quality is not None else spec.quality
-        if crf is not None:
-            stream.options = {"crf": str(int(crf))}
-            if spec.codec == "libvpx-vp9":
-                stream.options = {"crf": str(int(crf)), "b": "0", "row-mt": "1"}
-            if spec.codec == "libx265":
-                stream.options = {"crf": str(int(crf)), "x265-params": "log-level=error"}
-        elif spec.codec == "prores_ks":
-            stream.options = {"profile": "2"}  # ProRes 422 (standard)
+        stream.options = {**dict(spec.options), **({"crf": str(int(crf))} if crf is not None else {})}
         encode = _gif_encoder(stream, rate) if spec.codec == "gif" else (lambda f: stream.encode(f))
         for frame in _frames(frames, spec.even_size):
             container.mux(encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..clip_vision import VIT_H_14, ClipVision
+from ..clip_vision import VIT_H_14, ClipVision, preprocess
 from .common import PeakSampler, gib, median_seconds, peak_rss_bytes, run_worker
 
 
@@ -50,7 +50,7 @@ def worker(impl: str, weights: str) -> dict:
         from transformers import CLIPVisionModel
 
         model = CLIPVisionModel.from_pretrained(str(Path(weights).parent)).eval()
-        pixels = ClipVision.preprocess(types_namespace(), image)
+        pixels = preprocess(image)
         run = lambda: model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # noqa: E731
     load = time.perf_counter() - start
     run()  # warm-up: page the weights in
@@ -58,12 +58,6 @@ def worker(impl: str, weights: str) -> dict:
         seconds, _ = median_seconds(run, 3)
     return {"impl": impl, "load": load, "seconds": seconds, "peak": peak.peak, "peak_rss": peak_rss_bytes(),
             "checksum": float(run().double().abs().mean())}
-
-
-def types_namespace():
-    import types
-
-    return types.SimpleNamespace(config=VIT_H_14)
 
 
 def main() -> None:
