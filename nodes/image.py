@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..wan_core import load_clip_vision
-from ..wan_core.i2v import image_conditioning, size_for_area
+from ..wan_core import image_conditioning, load_clip_vision, size_for_area
 from . import host
+from .loaders import placement
 
 
 class WanCoreCLIPVisionLoader:
@@ -22,7 +22,7 @@ class WanCoreCLIPVisionLoader:
         }}
 
     def load(self, clip_name):
-        return (load_clip_vision(host.model_path("clip_vision", clip_name), device=host.offload_device()),)
+        return (load_clip_vision(host.model_path("clip_vision", clip_name), **placement("clip_vision")),)
 
 
 class WanCoreImageToVideo:

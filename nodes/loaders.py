@@ -1,14 +1,16 @@
-"""Loader nodes: DiT, UMT5 text encoder, VAE. Each returns a wan_core object kept on the offload device."""
+"""Loader nodes: DiT, UMT5 text encoder, VAE. Each returns a wan_core object kept on the offload device.
+
+Every loader follows wan_core's one placement policy: weights go to ComfyUI's offload device, stored
+as chosen, and compute in the default dtype of the device ComfyUI computes on (see :func:`placement`).
+"""
 
 from __future__ import annotations
 
-import torch
-
-from ..wan_core import load_dit, load_text_encoder, load_vae
+from ..wan_core import DTYPES, default_compute_dtype, load_dit, load_text_encoder, load_vae
 from . import host
 
-WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                 "fp8_e4m3fn": torch.float8_e4m3fn}
+WEIGHT_DTYPES = list(DTYPES)
+COMPUTE_STORED_DTYPES = ["default", "bf16", "fp16", "fp32"]  # networks that compute in their stored dtype
 _DTYPE_TIP = ("Storage precision of the weights. 'default' keeps the file's. fp8 halves memory again at a small "
               "quality cost; compute always runs in bf16 on GPU and fp32 on CPU.")
 
@@ -27,13 +29,11 @@ class WanCoreModelLoader:
         return {"required": {
             "model_name": (host.list_models("diffusion_models"),
                            {"tooltip": "Wan2.1 DiT file in models/diffusion_models."}),
-            "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default", "tooltip": _DTYPE_TIP}),
+            "weight_dtype": (WEIGHT_DTYPES, {"default": "default", "tooltip": _DTYPE_TIP}),
         }}
 
     def load(self, model_name, weight_dtype):
-        model = load_dit(host.model_path("diffusion_models", model_name), dtype=WEIGHT_DTYPES[weight_dtype],
-                         device=host.offload_device(), compute_dtype=_compute_dtype())
-        return (model,)
+        return (load_dit(host.model_path("diffusion_models", model_name), **placement("dit", weight_dtype)),)
 
 
 class WanCoreTextEncoderLoader:
@@ -48,7 +48,7 @@ class WanCoreTextEncoderLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (host.list_models("text_encoders"), {"tooltip": "UMT5-XXL file in models/text_encoders."}),
-            "dtype": (list(WEIGHT_DTYPES), {"default": "default", "tooltip": _DTYPE_TIP}),
+            "dtype": (WEIGHT_DTYPES, {"default": "default", "tooltip": _DTYPE_TIP}),
         }, "optional": {
             "tokenizer": ("STRING", {"default": "", "tooltip": "Path to spiece.model or tokenizer.json, only if "
                                      "the encoder file has no tokenizer inside and none lies next to it."}),
@@ -56,8 +56,7 @@ class WanCoreTextEncoderLoader:
 
     def load(self, model_name, dtype, tokenizer=""):
         encoder = load_text_encoder(host.model_path("text_encoders", model_name), tokenizer=tokenizer or None,
-                                    dtype=WEIGHT_DTYPES[dtype], device=host.offload_device(),
-                                    compute_dtype=_compute_dtype())
+                                    **placement("text_encoder", dtype))
         return (encoder,)
 
 
@@ -72,16 +71,19 @@ class WanCoreVAELoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae_name": (host.list_models("vae"), {"tooltip": "Wan2.1 VAE file in models/vae."}),
-            "dtype": (["default", "bf16", "fp16", "fp32"], {
+            "dtype": (COMPUTE_STORED_DTYPES, {
                 "default": "default", "tooltip": "Precision the VAE runs in: 'default' is bf16 on GPU and fp32 on "
                                                  "CPU; fp32 on GPU is slower and exact."}),
         }}
 
     def load(self, vae_name, dtype):
-        device = host.compute_device()
-        chosen = WEIGHT_DTYPES[dtype] or (torch.float32 if device.type == "cpu" else torch.bfloat16)
-        return (load_vae(host.model_path("vae", vae_name), dtype=chosen, device=host.offload_device()),)
+        return (load_vae(host.model_path("vae", vae_name), **placement("vae", dtype, stored_is_compute=True)),)
 
 
-def _compute_dtype() -> torch.dtype:
-    return torch.float32 if host.compute_device().type == "cpu" else torch.bfloat16
+def placement(network: str, dtype: str = "default", stored_is_compute: bool = False) -> dict:
+    """Loader arguments: weights on the offload device, stored as ``dtype`` ("default": the file's), computing
+    in ``dtype`` when the network computes in what it stores, else in the compute device's default dtype."""
+    chosen = DTYPES[dtype]
+    compute = chosen if stored_is_compute and chosen else default_compute_dtype(network, host.compute_device())
+    storage = None if stored_is_compute else chosen
+    return {"storage_dtype": storage, "compute_dtype": compute, "device": host.offload_device()}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from ..wan_core import RenderInterrupted, sample
-from ..wan_core.pipeline import latent_preview
-from ..wan_core.sampling import SAMPLERS, SampleRequest
+from ..wan_core import SAMPLERS, RenderContext, RenderInterrupted, SampleRequest, latent_preview, sample
 from . import host
 
 
@@ -56,9 +54,10 @@ class WanCoreSampler:
         conditioning = {} if image_embeds is None else {"clip_fea": image_embeds.clip_fea, "y": image_embeds.y}
         progress = host.Progress(steps)
         try:
-            with host.on_compute_device(model):
+            with host.on_compute_device(model) as device:
                 raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, seed=seed,
                              steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
+                             render=RenderContext(device=device),
                              callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)),
                              interrupt=host.interrupt_requested, **conditioning)
         except RenderInterrupted:

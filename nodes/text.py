@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..wan_core import NEGATIVE_PROMPT
-from ..wan_core.pipeline import encode_prompts
+from ..wan_core import NEGATIVE_PROMPT, encode_prompts
 from . import host
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from ..wan_core import InputError
-from ..wan_core.constants import VAE_STRIDE
-from ..wan_core.vae_tiling import decode_tiled, encode_tiled, tile_for_budget
-from ..wan_core.video_io import images_to_video, video_to_images
+from ..wan_core import (
+    VAE_STRIDE,
+    InputError,
+    decode_tiled,
+    encode_tiled,
+    images_to_video,
+    tile_for_budget,
+    video_to_images,
+)
 from . import host
 
 TILINGS = ["auto", "off", "256", "384", "512", "768"]

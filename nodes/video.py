@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..wan_core.video_io import VideoFormat, extension, next_output_path, read_video, write_video
+from ..wan_core import VideoFormat, extension, next_output_path, read_video, write_video
 from . import host
 
 

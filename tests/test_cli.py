@@ -8,7 +8,7 @@ import torch
 
 from wan_core.cli import main
 from wan_core.demo import DEMO_SIZE
-from wan_core.video_io import write_video
+from wan_core.video import write_video
 
 
 def _frames(path) -> tuple[int, int, int]:

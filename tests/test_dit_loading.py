@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from tiny import T2V, inputs, random_official_state
 
 import wan_core
-from wan_core.config import DiTConfig
 from wan_core.errors import CheckpointError
+from wan_core.models.config import DiTConfig
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
 
@@ -129,13 +129,13 @@ def test_scaled_fp8_file(state, tmp_path):
     assert _rel(got, _output(wan_core.load_dit(_save(dequantized, tmp_path, "deq.safetensors")))) <= SAME
     exact, bound = _fp8_bound(state, tmp_path)
     assert _rms_rel(got, exact) <= bound
-    as_bf16 = wan_core.load_dit(tmp_path / "fp8.safetensors", dtype=torch.bfloat16)  # dequantized at load
+    as_bf16 = wan_core.load_dit(tmp_path / "fp8.safetensors", storage_dtype=torch.bfloat16)  # dequantized at load
     assert as_bf16.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
     assert _rel(_output(as_bf16), got) <= 2e-2
 
 
 def test_fp8_storage_requested_at_load(state, tmp_path):
-    model = wan_core.load_dit(_save(state, tmp_path), dtype=torch.float8_e4m3fn)
+    model = wan_core.load_dit(_save(state, tmp_path), storage_dtype=torch.float8_e4m3fn)
     assert model.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
     assert model.blocks[0].norm3.weight.dtype == torch.float32  # norms and biases keep their precision
     exact, bound = _fp8_bound(state, tmp_path)

@@ -10,7 +10,7 @@ from tiny import T2V, inputs, random_official_state
 from tiny_vae import reference_vae
 
 import wan_core
-from wan_core.sampling import SampleRequest
+from wan_core import SampleRequest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU tests not run")
 
@@ -22,7 +22,7 @@ def _rms_rel(a, b):
 def test_dit_bf16_on_cuda_matches_fp32_on_cpu(tmp_path):
     save_file(random_official_state(T2V, seed=2), tmp_path / "dit.safetensors")
     cpu = wan_core.load_dit(tmp_path / "dit.safetensors")
-    gpu = wan_core.load_dit(tmp_path / "dit.safetensors", dtype=torch.bfloat16, device="cuda")
+    gpu = wan_core.load_dit(tmp_path / "dit.safetensors", storage_dtype=torch.bfloat16, device="cuda")
     assert gpu.compute_dtype == torch.bfloat16
     x, t, context, _, _ = inputs(T2V, batch=2)
     with torch.no_grad():
@@ -45,6 +45,6 @@ def test_sampling_on_cuda_uses_the_cpu_seeded_noise(tmp_path):
 def test_vae_on_cuda(tmp_path):
     torch.save(reference_vae().state_dict(), tmp_path / "vae.pth")
     cpu = wan_core.load_vae(tmp_path / "vae.pth")
-    gpu = wan_core.load_vae(tmp_path / "vae.pth", dtype=torch.float32, device="cuda")
+    gpu = wan_core.load_vae(tmp_path / "vae.pth", compute_dtype=torch.float32, device="cuda")
     z = torch.randn(1, 16, 3, 8, 8)
     assert _rms_rel(gpu.decode(z.cuda()), cpu.decode(z)) <= 1e-3

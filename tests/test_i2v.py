@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 from tiny_vae import reference_vae
 
 import wan_core
-from wan_core.clip_vision import CLIP_MEAN, CLIP_STD, VIT_H_14, ClipVision
 from wan_core.errors import InputError
 from wan_core.i2v import frame_mask, image_conditioning, size_for_area
 from wan_core.latents import normalize_latents
+from wan_core.models.clip_vision import CLIP_MEAN, CLIP_STD, VIT_H_14, ClipVision
 
 TOL = 1e-4
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from wan_reference import wan_module
 
-from wan_core.config import PRESETS, detect
-from wan_core.dit import WanDiT
-from wan_core.dit_loading import diffusers_to_official
+from wan_core.loading.dit import diffusers_to_official
+from wan_core.models.config import PRESETS, detect
+from wan_core.models.dit import WanDiT
 
 
 def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -123,7 +123,7 @@ def _decoded(path: str) -> tuple[int, int, int]:
 
 def _input_images(env) -> None:
     """Start and end frames at the demo render's aspect ratio (so keep_aspect keeps its size)."""
-    from wan_core.video_io import write_video
+    from wan_core.video import write_video
 
     for name, seed in (("start_frame", 1), ("end_frame", 2)):
         image = torch.rand(1, SMALL["height"], SMALL["width"], 3, generator=torch.Generator().manual_seed(seed))
@@ -133,7 +133,7 @@ def _input_images(env) -> None:
 
 
 def _input_clip(env) -> None:
-    from wan_core.video_io import write_video
+    from wan_core.video import write_video
 
     clip = torch.rand(9, 96, 128, 3)
     write_video(clip, env / "input" / "input_clip.mp4", fps=16)

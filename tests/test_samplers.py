@@ -8,9 +8,9 @@ from wan_reference import wan_module
 
 import wan_core
 from wan_core.errors import InputError, RenderInterrupted
-from wan_core.samplers import dpmpp_2m, euler, unipc
-from wan_core.sampling import SampleRequest, build_schedule, cfg_denoiser, make_noise
-from wan_core.schedules import UNIPC_SIGMA_MAX, flow_schedule, shift_sigmas
+from wan_core.sampling.loop import SampleRequest, build_schedule, cfg_denoiser, make_noise
+from wan_core.sampling.schedules import UNIPC_SIGMA_MAX, flow_schedule, shift_sigmas
+from wan_core.sampling.solvers import dpmpp_2m, euler, unipc
 
 STEPS = [10, 50]
 SHIFTS = [1.0, 3.0, 5.0, 16.0]
@@ -113,7 +113,7 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, x, t, context, clip_fea=None, y=None):
+    def __call__(self, x, t, context, clip_fea=None, y=None, render=None):
         self.calls.append((x.clone(), t.clone(), context.clone()))
         return torch.ones_like(x) * context[:, :1, :1, None, None]
 

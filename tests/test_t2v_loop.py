@@ -13,7 +13,7 @@ from tiny import T2V
 from wan_reference import wan_module
 
 import wan_core
-from wan_core.sampling import SampleRequest
+from wan_core import SampleRequest
 
 SEED, CFG, SHIFT, STEPS = 42, 5.0, 5.0, 6
 FRAMES, HEIGHT, WIDTH = 5, 64, 80  # latent [16, 2, 8, 10]

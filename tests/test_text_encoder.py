@@ -12,9 +12,9 @@ from tiny_text import PROMPTS, train_sentencepiece
 
 import wan_core
 from wan_core.errors import CheckpointError
-from wan_core.text_encoder import UMT5_XXL, UMT5Encoder
-from wan_core.text_encoder_loading import official_to_hf
-from wan_core.tokenizer import clean_text, find_tokenizer
+from wan_core.loading.text_encoder import umt5_key_from_official
+from wan_core.loading.tokenizer import clean_text, find_tokenizer
+from wan_core.models.text_encoder import UMT5_XXL, UMT5Encoder
 
 TOL = 1e-4
 DIM, HEADS, FFN, LAYERS = 64, 4, 96, 2
@@ -86,7 +86,7 @@ def test_encoder_matches_transformers_with_embedded_tokenizer(spiece, tmp_path):
 
 
 def _wan_t5():
-    from wan_core.bench.references import wan_module
+    from benchmarks.references import wan_module
 
     with mock.patch("torch.cuda.current_device", lambda: "cpu"):  # a default argument evaluated at import
         return wan_module("modules.t5")
@@ -117,7 +117,7 @@ def test_low_precision_storage_computes_in_fp32_without_an_fp32_copy(spiece, tmp
     save_file(_hf_state(model), tmp_path / "te.safetensors")
     (tmp_path / "spiece.model").write_bytes(spiece.read_bytes())
     exact = wan_core.load_text_encoder(tmp_path / "te.safetensors").encode(PROMPTS[:3])
-    low = wan_core.load_text_encoder(tmp_path / "te.safetensors", dtype=dtype)
+    low = wan_core.load_text_encoder(tmp_path / "te.safetensors", storage_dtype=dtype)
     linear = low.model.encoder.block[0].layer[1].DenseReluDense.wi_0.weight
     assert linear.dtype == dtype
     assert not any(p.dtype == torch.float32 and p.dim() == 2 and p.shape[0] > 100
@@ -138,7 +138,7 @@ def test_real_xxl_keys_match_transformers_and_official_on_meta():
                                        num_layers=24, num_buckets=32, shared_pos=False)
     hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items() if k != "encoder.embed_tokens.weight"}
     assert ours == hf_shapes
-    assert {official_to_hf(k): tuple(v.shape) for k, v in official.state_dict().items()} == ours
+    assert {umt5_key_from_official(k): tuple(v.shape) for k, v in official.state_dict().items()} == ours
 
 
 def test_missing_tokenizer_wrong_kind_and_truncated(tmp_path):

@@ -12,7 +12,7 @@ from wan_reference import wan_module
 import wan_core
 from wan_core.errors import CheckpointError, InputError
 from wan_core.latents import denormalize_latents, normalize_latents
-from wan_core.vae import WAN21_VAE, CausalCache, WanVAE
+from wan_core.models.vae import WAN21_VAE, CausalCache, WanVAE
 
 TOL = 1e-4  # relative to the output's max magnitude (DESIGN §6)
 

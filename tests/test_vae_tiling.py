@@ -8,7 +8,7 @@ from tiny_vae import local_reference_vae, video
 
 import wan_core
 from wan_core.errors import InputError
-from wan_core.vae_tiling import decode_tiled, encode_tiled, tile_for_budget
+from wan_core.models.vae_tiling import decode_tiled, encode_tiled, tile_for_budget
 
 LATENT = (1, 16, 2, 16, 32)  # two latent frames, 128 x 256 pixels
 
@@ -73,7 +73,7 @@ def test_tiled_encode(local_vae):
 
 
 def test_tile_from_memory_budget(local_vae):
-    from wan_core.vae_tiling import decode_bytes
+    from wan_core.models.vae_tiling import decode_bytes
 
     whole = decode_bytes(local_vae, 60, 104)
     assert tile_for_budget(local_vae, whole, 60, 104) is None

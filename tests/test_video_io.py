@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wan_core.errors import InputError
-from wan_core.video_io import (
+from wan_core.video import (
     extension,
     images_to_video,
     next_output_path,

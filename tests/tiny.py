@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from wan_core.config import DiTConfig
-from wan_core.dit import WanDiT
+from wan_core.models.config import DiTConfig
+from wan_core.models.dit import WanDiT
 
 TEXT_DIM = 64  # the real encoder is 4096 wide; the DiT reads this width from its weights
 T2V = DiTConfig("t2v", dim=256, ffn_dim=384, num_layers=2, text_dim=TEXT_DIM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from wan_reference import wan_module
 
-from wan_core.vae import VAEConfig
+from wan_core.models.vae import VAEConfig
 
 TINY = VAEConfig(base_dim=8)
 

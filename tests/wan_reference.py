@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wan_core.bench import references
+from benchmarks import references
 
 
 def wan_module(name: str):

@@ -89,7 +89,7 @@ class LoadImage:
         return {"required": {"image": ([], {"image_upload": True})}}
 
     def load(self, image):
-        from wan_core.video_io import read_video
+        from wan_core.video import read_video
 
         host = load_pack().nodes.host
         frames = read_video(host.input_path(image)).images()[:1]

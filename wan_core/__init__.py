@@ -1,23 +1,94 @@
-"""wan_core: the Wan2.1 video engine in pure PyTorch (no ComfyUI imports; see DESIGN.md §3)."""
+"""wan_core: the Wan2.1 video engine in pure PyTorch (no ComfyUI imports; see DESIGN.md §3).
 
-from .clip_vision import ClipVision, load_clip_vision
-from .config import PRESETS, DiTConfig, detect
-from .constants import LATENT_MEAN, LATENT_STD, NEGATIVE_PROMPT
-from .dit import WanDiT
-from .dit_loading import load_dit
+Everything the nodes, the command line and scripts use is exported here:
+
+* networks and their loaders (``models/``, ``loading/``): :func:`load_dit`, :func:`load_vae`,
+  :func:`load_text_encoder`, :func:`load_clip_vision`;
+* the render context and what it chooses (``runtime/``): :class:`RenderContext`, attention
+  backends, block runners, weight patches, the placement policy;
+* sampling (``sampling/``): :func:`sample`, :data:`SAMPLERS`;
+* conditioning and whole tasks: :func:`encode_prompts`, :func:`image_conditioning`,
+  :func:`text_to_video`, :func:`image_to_video`;
+* video files (``video/``): :func:`write_video`, :func:`read_video`, frame layout helpers.
+"""
+
+from .conditioning import ImageEmbeds, TextEmbeds, encode_prompts
+from .constants import (
+    LATENT_MEAN,
+    LATENT_STD,
+    NEGATIVE_PROMPT,
+    PIXEL_MULTIPLE,
+    VAE_STRIDE,
+    check_frame_count,
+    check_pixel_size,
+    latent_frames,
+    video_frames,
+)
 from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
-from .latents import denormalize_latents, normalize_latents
-from .pipeline import ImageEmbeds, TextEmbeds, image_to_video, text_to_video
-from .sampling import SAMPLERS, sample
-from .text_encoder_loading import TextEncoder, load_text_encoder
-from .vae import WanVAE
-from .vae_loading import load_vae
-from .video_io import Clip, read_metadata, read_video, write_video
+from .i2v import image_conditioning, size_for_area
+from .latents import denormalize_latents, latent_preview, normalize_latents
+from .loading.clip_vision import load_clip_vision
+from .loading.dit import load_dit
+from .loading.text_encoder import load_text_encoder
+from .loading.vae import load_vae
+from .models.clip_vision import ClipVision
+from .models.config import PRESETS, DiTConfig, detect
+from .models.dit import WanDiT
+from .models.text_encoder import TextEncoder
+from .models.vae import WanVAE
+from .models.vae_tiling import decode_tiled, encode_tiled, tile_for_budget
+from .pipeline import image_to_video, text_to_video
+from .runtime import (
+    DTYPES,
+    AttentionBackend,
+    BlockRunner,
+    Placement,
+    RenderContext,
+    ResidentRunner,
+    WeightDelta,
+    attention_backends,
+    default_compute_dtype,
+    get_attention,
+    parse_dtype,
+    register_backend,
+    resolve_placement,
+)
+from .sampling.loop import SAMPLERS, SampleRequest, sample
+from .video import (
+    METADATA_KEYS,
+    Clip,
+    VideoFormat,
+    extension,
+    images_to_video,
+    next_output_path,
+    read_metadata,
+    read_video,
+    video_format,
+    video_to_images,
+    write_video,
+)
 
 __all__ = [
-    "PRESETS", "DiTConfig", "detect", "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "WanDiT", "load_dit",
-    "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError", "normalize_latents",
-    "denormalize_latents", "SAMPLERS", "sample", "WanVAE", "load_vae", "TextEncoder", "load_text_encoder",
-    "Clip", "read_metadata", "read_video", "write_video", "ImageEmbeds", "TextEmbeds", "text_to_video",
-    "image_to_video", "ClipVision", "load_clip_vision",
+    # conditioning and tasks
+    "ImageEmbeds", "TextEmbeds", "encode_prompts", "image_conditioning", "size_for_area", "image_to_video",
+    "text_to_video",
+    # constants and checks
+    "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "PIXEL_MULTIPLE", "VAE_STRIDE", "check_frame_count",
+    "check_pixel_size", "latent_frames", "video_frames",
+    # errors
+    "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError",
+    # latents
+    "denormalize_latents", "latent_preview", "normalize_latents",
+    # networks and loaders
+    "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "ClipVision", "PRESETS", "DiTConfig", "detect",
+    "WanDiT", "TextEncoder", "WanVAE", "decode_tiled", "encode_tiled", "tile_for_budget",
+    # runtime
+    "DTYPES", "AttentionBackend", "BlockRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta",
+    "attention_backends", "default_compute_dtype", "get_attention", "parse_dtype", "register_backend",
+    "resolve_placement",
+    # sampling
+    "SAMPLERS", "SampleRequest", "sample",
+    # video files
+    "METADATA_KEYS", "Clip", "VideoFormat", "extension", "images_to_video", "next_output_path", "read_metadata",
+    "read_video", "video_format", "video_to_images", "write_video",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .constants import NEGATIVE_PROMPT
 from .errors import WanCoreError
+from .runtime.placement import DTYPES
 
 log = logging.getLogger("wan_core.cli")
 
@@ -72,6 +73,10 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--seed", type=int, default=0)
     t2v.add_argument("--fps", type=float, default=16.0)
     t2v.add_argument("--device", default="cpu", help="cpu or cuda")
+    t2v.add_argument("--storage-dtype", default="default", choices=list(DTYPES),
+                     help="how the DiT and text encoder weights are held (default: as in the file)")
+    t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16"],
+                     help="dtype of the matrix products (default: fp32 on CPU, bf16 on CUDA, fp16 for CLIP)")
 
 
 def _format_for(path: Path) -> str:
@@ -83,11 +88,21 @@ def run(argv: list[str] | None = None) -> Path:
     """Parse ``argv``, render, and return the written path."""
     import torch
 
-    from . import load_clip_vision, load_dit, load_text_encoder, load_vae
+    from . import (
+        RenderContext,
+        SampleRequest,
+        image_to_video,
+        load_clip_vision,
+        load_dit,
+        load_text_encoder,
+        load_vae,
+        read_video,
+        text_to_video,
+        video_format,
+        video_to_images,
+        write_video,
+    )
     from .demo import DEMO_SIZE, write_demo_models
-    from .pipeline import image_to_video, text_to_video
-    from .sampling import SampleRequest
-    from .video_io import read_video, video_format, video_to_images, write_video
 
     args = _parser().parse_args(argv)
     image_task = args.task != "t2v"
@@ -105,16 +120,20 @@ def run(argv: list[str] | None = None) -> Path:
     fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
     SampleRequest(size["width"], size["height"], size["frames"]).latent_shape()  # so do bad sizes
     device = torch.device(args.device)
-    text_encoder = load_text_encoder(paths["text_encoders"], device=device)
-    dit = load_dit(paths["diffusion_models"], device=device)
-    vae = load_vae(paths["vae"], device=device)
+    weights = dict(storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype, device=device)
+    compute = dict(compute_dtype=args.compute_dtype, device=device)  # VAE and CLIP store what they compute in
+    text_encoder = load_text_encoder(paths["text_encoders"], **weights)
+    dit = load_dit(paths["diffusion_models"], **weights)
+    vae = load_vae(paths["vae"], **compute)
 
     def progress(step: int, total: int, _x0) -> None:
         log.info("step %d/%d", step + 1, total)
 
-    common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler, callback=progress, **size)
+    render = RenderContext(device=device)
+    common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler, render=render,
+                  callback=progress, **size)
     if image_task:
-        clip = load_clip_vision(paths["clip_vision"], device=device)
+        clip = load_clip_vision(paths["clip_vision"], **compute)
         start = read_video(args.image, max_frames=1).images()
         end = read_video(args.end_image, max_frames=1).images() if args.task == "flf2v" else None
         video = image_to_video(dit, text_encoder, vae, clip, start, args.prompt, args.negative, end=end, **common)

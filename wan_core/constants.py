@@ -55,6 +55,11 @@ def latent_frames(frames: int) -> int:
     return (frames - 1) // VAE_STRIDE[0] + 1
 
 
+def video_frames(latent_count: int) -> int:
+    """Video frame count of ``latent_count`` latent frames (n+1 -> 4n+1): the inverse of :func:`latent_frames`."""
+    return (latent_count - 1) * VAE_STRIDE[0] + 1
+
+
 def check_frame_count(frames: int) -> None:
     """Raise :class:`InputError` unless ``frames`` is 4n+1; the message names the nearest valid counts."""
     step = VAE_STRIDE[0]

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .clip_vision import ClipVision, ClipVisionConfig
-from .config import DiTConfig
 from .constants import NEGATIVE_PROMPT
-from .dit import WanDiT
-from .text_encoder import TextEncoderConfig, UMT5Encoder
-from .vae import VAEConfig, WanVAE
+from .models.clip_vision import ClipVision, ClipVisionConfig
+from .models.config import DiTConfig
+from .models.dit import WanDiT
+from .models.text_encoder import TextEncoderConfig, UMT5Encoder
+from .models.vae import VAEConfig, WanVAE
 
 log = logging.getLogger(__name__)
 

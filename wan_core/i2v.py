@@ -15,12 +15,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .clip_vision import ClipVision
+from .conditioning import ImageEmbeds
 from .constants import PATCH_SIZE, VAE_STRIDE, check_frame_count, check_pixel_size
 from .errors import InputError
 from .latents import normalize_latents
-from .pipeline import ImageEmbeds
-from .vae import WanVAE
+from .models.clip_vision import ClipVision
+from .models.vae import WanVAE
 
 
 def size_for_area(height: int, width: int, max_area: int) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Raw <-> normalized VAE latents with the Wan2.1 per-channel statistics (DESIGN §4)."""
+"""Raw <-> normalized VAE latents with the Wan2.1 per-channel statistics (DESIGN §4), and a quick RGB preview."""
 
 from __future__ import annotations
 
@@ -27,3 +27,22 @@ def denormalize_latents(z: torch.Tensor) -> torch.Tensor:
     """Normalized latents ``[B, 16, F', h, w]`` -> raw VAE latents: ``z * std + mean``."""
     mean, std = _stats(z)
     return z * std + mean
+
+
+# Wan2.1 latent -> RGB linear map (per-channel weights and bias) for quick previews of
+# normalized latents: a widely used approximation (ComfyUI's Wan21 latent format publishes it).
+PREVIEW_RGB_FACTORS = (
+    (-0.1299, -0.1692, 0.2932), (0.0671, 0.0406, 0.0442), (0.3568, 0.2548, 0.1747), (0.0372, 0.2344, 0.1420),
+    (0.0313, 0.0189, -0.0328), (0.0296, -0.0956, -0.0665), (-0.3477, -0.4059, -0.2925), (0.0166, 0.1902, 0.1975),
+    (-0.0412, 0.0267, -0.1364), (-0.1293, 0.0740, 0.1636), (0.0680, 0.3019, 0.1128), (0.0032, 0.0581, 0.0639),
+    (-0.1251, 0.0927, 0.1699), (0.0060, -0.0633, 0.0005), (0.3477, 0.2275, 0.2950), (0.1984, 0.0913, 0.1861),
+)
+PREVIEW_RGB_BIAS = (-0.1835, -0.0868, -0.3360)
+
+
+def latent_preview(x0: torch.Tensor) -> torch.Tensor:
+    """Normalized latents ``[B, 16, F', h, w]`` -> uint8 RGB ``[h, w, 3]`` of the last latent frame of item 0."""
+    factors = torch.tensor(PREVIEW_RGB_FACTORS, dtype=torch.float32, device=x0.device)
+    bias = torch.tensor(PREVIEW_RGB_BIAS, dtype=torch.float32, device=x0.device)
+    rgb = x0[0, :, -1].float().permute(1, 2, 0) @ factors + bias  # [h, w, 3] in about [-1, 1]
+    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()

@@ -1,0 +1,40 @@
+"""``python -m benchmarks <what>``: run one benchmark and print its figures."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip"], help="which benchmark to run")
+    parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
+    parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
+                        help="vae: 9 frames at 256x256 (small), 5 at 832x480 (mid), 17 at 832x480 (full: slow)")
+    parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
+    parser.add_argument("--layers", type=int, default=6, help="text: encoder layers of the 24 (memory bound)")
+    args = parser.parse_args(argv)
+    if args.what == "dit":
+        from . import dit
+
+        dit.main(runs=args.runs or 3, impls=tuple(args.impl or dit.IMPLS))
+    elif args.what == "vae":
+        from . import vae
+
+        vae.main(runs=args.runs or 1, size=args.size, impls=tuple(args.impl or vae.IMPLS))
+    elif args.what == "text":
+        from . import text
+
+        text.main(layers=args.layers)
+    elif args.what == "video":
+        from . import video
+
+        video.main()
+    elif args.what == "clip":
+        from . import clip
+
+        clip.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""DiT forward benchmark: ours vs wan22's WanModel vs diffusers' WanTransformer3DModel.
+
+The real t2v-1.3B config with random fp32 weights, written once to a safetensors file in the
+official layout; each implementation runs in its own process on that file and the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from wan_core.models.config import PRESETS, DiTConfig
+from wan_core.models.dit import WanDiT
+
+from .common import PeakSampler, gib, median_seconds, peak_rss_bytes, run_worker
+
+SHAPES = ((1, 16, 3, 32, 32), (1, 16, 5, 30, 52))
+IMPLS = ("wan_core", "wan22", "diffusers")
+CONFIG = PRESETS["t2v-1.3B"]
+
+
+def forward_flops(cfg: DiTConfig, shape: tuple[int, ...], text_len: int = 512) -> float:
+    """Multiply-adds x 2 of one forward: Linear layers, attention products and the patch embedding."""
+    _, c, f, h, w = shape
+    n = f * (h // 2) * (w // 2)  # video tokens
+    d, ffn = cfg.dim, cfg.ffn_dim
+    per_block = (n * (6 * d * d + 2 * d * ffn)  # self q,k,v,o + cross q,o + feed-forward
+                 + text_len * 2 * d * d  # cross-attention k, v of the text tokens
+                 + 2 * n * n * d + 2 * n * text_len * d)  # QK^T and AV of self and cross attention
+    embed = n * c * 4 * d + text_len * (cfg.text_dim * d + d * d) + n * d * cfg.out_dim * 4
+    return 2.0 * (cfg.num_layers * per_block + embed)
+
+
+def write_random_weights(path: Path, cfg: DiTConfig = CONFIG) -> None:
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(cfg).state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}, path)
+
+
+def _inputs(shape):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=gen)
+    context = torch.randn(1, 512, CONFIG.text_dim, generator=gen)
+    return x, torch.tensor([500.0]), context
+
+
+def _build(impl: str, weights: str):
+    """A callable ``(x, t, context) -> flow`` for one implementation, weights loaded the cheap way."""
+    from safetensors.torch import load_file
+
+    if impl == "wan_core":
+        from wan_core import load_dit
+
+        model = load_dit(weights)
+        return lambda x, t, c: model(x, t, c)
+    if impl == "wan22":
+        from .references import wan_module
+
+        cfg = CONFIG
+        with torch.device("meta"):
+            model = wan_module("modules.model").WanModel(
+                model_type="t2v", dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_heads=cfg.num_heads,
+                num_layers=cfg.num_layers, in_dim=16, out_dim=16)
+        model.load_state_dict(load_file(weights), assign=True)
+        model_mod = wan_module("modules.model")
+        d = cfg.head_dim  # its rotary table is a plain attribute, computed on meta above: rebuild on CPU
+        model.freqs = torch.cat([model_mod.rope_params(1024, d - 4 * (d // 6)),
+                                 model_mod.rope_params(1024, 2 * (d // 6)),
+                                 model_mod.rope_params(1024, 2 * (d // 6))], dim=1)
+        seq = lambda x: x.shape[2] * x.shape[3] * x.shape[4] // 4  # noqa: E731
+        return lambda x, t, c: model(list(x), t=t, context=list(c), seq_len=seq(x))[0]
+    if impl == "diffusers":
+        from diffusers import WanTransformer3DModel
+        from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+        cfg = CONFIG
+        with torch.device("meta"):
+            model = WanTransformer3DModel(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+                                          ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers)
+        model.load_state_dict(convert_wan_transformer_to_diffusers(load_file(weights)), assign=True)
+        model.rope = type(model.rope)(cfg.head_dim, cfg.patch_size, 1024)  # its rotary buffers, on CPU
+        return lambda x, t, c: model(x, t, c, return_dict=False)[0]
+    raise ValueError(impl)
+
+
+def worker(impl: str, weights: str, runs: int) -> dict:
+    """Run in a fresh process: load, warm up, then time ``runs`` forwards per shape (JSON-able dict)."""
+    torch.set_grad_enabled(False)
+    with PeakSampler() as load_peak:
+        fn = _build(impl, weights)
+    result = {"impl": impl, "load_peak": load_peak.peak, "shapes": []}
+    for shape in SHAPES:
+        x, t, c = _inputs(shape)
+        fn(x, t, c)  # warm-up: page the weights in, so every implementation is timed warm
+        with PeakSampler() as fwd_peak:
+            seconds, times = median_seconds(lambda x=x, t=t, c=c: fn(x, t, c), runs)
+        out = fn(x, t, c)
+        result["shapes"].append({"shape": shape, "seconds": seconds, "times": times, "peak": fwd_peak.peak,
+                                 "checksum": float(out.double().abs().mean())})
+    result["peak_rss"] = peak_rss_bytes()
+    return result
+
+
+def matmul_roof(shape: tuple[int, ...], runs: int = 15) -> float:
+    """GFLOP/s of a plain fp32 ``torch.mm`` at the feed-forward's size for this token count."""
+    n = shape[2] * (shape[3] // 2) * (shape[4] // 2)
+    a, b = torch.randn(n, CONFIG.dim), torch.randn(CONFIG.dim, CONFIG.ffn_dim)
+    for _ in range(3):  # warm-up
+        torch.mm(a, b)
+    seconds, _ = median_seconds(lambda: torch.mm(a, b), runs)
+    return 2 * n * CONFIG.dim * CONFIG.ffn_dim / seconds / 1e9
+
+
+def main(runs: int = 3, impls=IMPLS) -> None:
+    print(f"DiT forward, real {CONFIG.label} config, random fp32 weights, CPU, {torch.get_num_threads()} threads, "
+          f"median of {runs} after a warm-up")
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "t2v_1.3B_random.safetensors"
+        write_random_weights(weights)
+        os.sync()  # finish writing the file before timing anything
+        results = {impl: run_worker("benchmarks.dit", impl, str(weights), str(runs)) for impl in impls}
+    ours = results["wan_core"]
+    for i, shape in enumerate(SHAPES):
+        flops = forward_flops(CONFIG, shape)
+        roof = matmul_roof(shape)
+        print(f"\nlatent {list(shape)}: {flops / 1e12:.2f} TFLOP per forward; torch.mm roof {roof:.1f} GFLOP/s")
+        for impl, res in results.items():
+            s = res["shapes"][i]
+            ratio = s["seconds"] / ours["shapes"][i]["seconds"]
+            rate = flops / s["seconds"] / 1e9
+            print(f"  {impl:10s} {s['seconds']:8.2f} s  ({ratio:4.2f}x ours)  {rate:6.1f} GFLOP/s "
+                  f"({rate / roof:4.0%} of roof)  forward peak RSS {gib(s['peak'])}  "
+                  f"|out| {s['checksum']:.6f}")
+    print()
+    for impl, res in results.items():
+        print(f"  {impl:10s} load peak RSS {gib(res['load_peak'])}, whole-run peak RSS {gib(res['peak_rss'])}")
+
+
+if __name__ == "__main__":
+    impl, weights, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    print(json.dumps(worker(impl, weights, runs)))

@@ -1,3 +1,0 @@
-"""Benchmarks (``python -m wan_core.bench <what>``): figures and ratios against the reference
-implementations in one run. Development tools: they need the test extra and print by design.
-"""

@@ -1,0 +1,47 @@
+"""What a render is conditioned on: the encoded prompts and (i2v / flf2v) the image embeds.
+
+The types the sampler takes (:class:`TextEmbeds`, :class:`ImageEmbeds`) and
+:func:`encode_prompts`; the image conditioning itself is built in :mod:`wan_core.i2v`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .constants import NEGATIVE_PROMPT, VAE_STRIDE, video_frames
+from .errors import InputError
+from .models.text_encoder import TextEncoder
+from .sampling.loop import SampleRequest
+
+
+@dataclass(frozen=True)
+class TextEmbeds:
+    """Encoded prompts for the sampler: ``[B, 512, dim]`` each (zeros after each prompt)."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ImageEmbeds:
+    """Image conditioning of an i2v / flf2v DiT: CLIP tokens ``[B, 257 or 514, 1280]`` and
+    ``y = [B, 4 mask + 16 latent channels, F', h, w]``."""
+
+    clip_fea: torch.Tensor
+    y: torch.Tensor
+
+    def request(self) -> SampleRequest:
+        """The render size ``y`` was built for (the sampler must use exactly this)."""
+        _, _, latent_count, lat_h, lat_w = self.y.shape
+        return SampleRequest(width=lat_w * VAE_STRIDE[2], height=lat_h * VAE_STRIDE[1],
+                             frames=video_frames(latent_count))
+
+
+def encode_prompts(text_encoder: TextEncoder, positive: str, negative: str | None = None) -> TextEmbeds:
+    """Encode a prompt and its negative (the official negative prompt when None or empty)."""
+    if not isinstance(positive, str):
+        raise InputError(f"the prompt must be text, got {type(positive).__name__}")
+    states = text_encoder.encode([positive, negative or NEGATIVE_PROMPT])
+    return TextEmbeds(states[:1].cpu(), states[1:].cpu())

@@ -1,0 +1,1 @@
+"""Checkpoint files to networks: safe file reading, kind detection, one loader per network."""

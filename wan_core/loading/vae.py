@@ -1,0 +1,89 @@
+"""``load_vae``: the Wan2.1 VAE from the official ``.pth``, ComfyUI's safetensors or diffusers' layout."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.vae import VAEConfig, WanVAE
+from ..runtime.placement import resolve_placement
+from .checkpoint import check_keys, open_state_dict, place, require_kind
+
+log = logging.getLogger(__name__)
+
+_RESIDUAL = (("residual.0.gamma", "norm1.gamma"), ("residual.2.", "conv1."), ("residual.3.gamma", "norm2.gamma"),
+             ("residual.6.", "conv2."), ("shortcut.", "conv_shortcut."))
+
+
+def vae_key_to_diffusers(key: str, cfg: VAEConfig) -> str:
+    """The diffusers ``AutoencoderKLWan`` name of an official Wan2.1 VAE key."""
+    for old, new in (("conv1.", "quant_conv."), ("conv2.", "post_quant_conv.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    part, _, rest = key.partition(".")
+    rest = re.sub(r"^conv1\.", "conv_in.", rest)
+    rest = re.sub(r"^head\.0\.", "norm_out.", rest)
+    rest = re.sub(r"^head\.2\.", "conv_out.", rest)
+    rest = re.sub(r"^middle\.([02])\.", lambda m: f"mid_block.resnets.{int(m.group(1)) // 2}.", rest)
+    rest = re.sub(r"^middle\.1\.", "mid_block.attentions.0.", rest)
+    rest = re.sub(r"^downsamples\.", "down_blocks.", rest)
+    per_level = cfg.num_res_blocks + 2  # decoder level: num_res_blocks + 1 residual blocks, then an upsampler
+
+    def up(m: re.Match) -> str:
+        level, pos = divmod(int(m.group(1)), per_level)
+        return f"up_blocks.{level}." + ("upsamplers.0." if pos == per_level - 1 else f"resnets.{pos}.")
+
+    rest = re.sub(r"^upsamples\.(\d+)\.", up, rest)
+    for old, new in _RESIDUAL:
+        rest = rest.replace(old, new)
+    return f"{part}.{rest}"
+
+
+def _to_official(state: dict[str, torch.Tensor], cfg: VAEConfig) -> dict[str, torch.Tensor]:
+    if not any(k.startswith(("quant_conv.", "post_quant_conv.")) for k in state):
+        return state
+    with torch.device("meta"):
+        keys = WanVAE(cfg).state_dict().keys()
+    table = {vae_key_to_diffusers(k, cfg): k for k in keys}
+    return {table.get(k, k): v for k, v in state.items()}
+
+
+def detect_vae(shapes, path) -> VAEConfig:
+    """Base width and latent channels from the tensors (the rest is fixed for Wan2.1)."""
+    for key in ("encoder.conv1.weight", "encoder.conv_in.weight"):
+        if key in shapes:
+            base = shapes[key][0]
+            break
+    else:
+        raise CheckpointError(f"{path}: no encoder input convolution; not a Wan2.1 VAE")
+    z = next((shapes[k][0] for k in ("conv2.weight", "post_quant_conv.weight") if k in shapes), None)
+    if z is None:
+        raise CheckpointError(f"{path}: no post-quantization convolution (conv2); not a Wan2.1 VAE")
+    return VAEConfig(base_dim=base, z_dim=z)
+
+
+def load_vae(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None = None,
+             compute_dtype: torch.dtype | str | None = None, device="cpu") -> WanVAE:
+    """Load the Wan2.1 VAE. Its convolutions compute in the dtype they are stored in, so storage and
+    compute are one dtype (either argument sets it; default fp32 on CPU, bf16 elsewhere; see
+    :mod:`wan_core.runtime.placement`).
+
+    Raises :class:`CheckpointError` naming the file if it is truncated, of another kind, or does
+    not match (listing missing / unexpected / mismatched keys).
+    """
+    placement = resolve_placement("vae", storage_dtype, compute_dtype, device)
+    state = open_state_dict(path)
+    require_kind(path, state.keys(), "vae")
+    device, dtype = placement.device, placement.compute_dtype
+    cfg = detect_vae({k: v.shape for k, v in state.items()}, path)
+    state = _to_official(state, cfg)
+    with torch.device("meta"):
+        model = WanVAE(cfg, compute_dtype=dtype)
+    check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, "the Wan2.1 VAE")
+    model.load_state_dict({k: place(v, device, dtype) for k, v in state.items()}, assign=True, strict=True)
+    log.info("loaded the Wan2.1 VAE (base width %d) from %s as %s", cfg.base_dim, path, dtype)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,120 @@
+"""Typed, frozen configs of the Wan2.1 DiT, the real presets, and detection from tensor shapes.
+
+A checkpoint's config is derived from its key names and shapes (DESIGN §4), never from a
+hard-coded model size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from ..constants import CLIP_DIM, CLIP_TOKENS, LATENT_CHANNELS, PATCH_SIZE, TEXT_DIM, TEXT_LEN
+from ..errors import CheckpointError
+
+HEAD_DIM = 128
+"""Every Wan2.1 DiT uses attention heads of 128 channels: heads = dim // 128."""
+
+MODEL_TYPES = ("t2v", "i2v", "flf2v")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of one Wan2.1 diffusion transformer."""
+
+    model_type: str = "t2v"  # "t2v", "i2v" (CLIP image branch) or "flf2v" (i2v + two-image position embedding)
+    dim: int = 1536  # transformer width
+    ffn_dim: int = 8960  # hidden width of each block's feed-forward
+    num_layers: int = 30  # number of transformer blocks
+    in_dim: int = LATENT_CHANNELS  # input channels: 16 (t2v) or 36 = 16 noise + 4 mask + 16 image latents
+    out_dim: int = LATENT_CHANNELS  # predicted flow channels
+    text_dim: int = TEXT_DIM  # width of the text encoder states
+    text_len: int = TEXT_LEN  # text tokens after zero padding
+    freq_dim: int = 256  # width of the sinusoidal time embedding
+    eps: float = 1e-6  # epsilon of every norm
+    patch_size: tuple[int, int, int] = PATCH_SIZE  # (t, h, w) patch in latent cells
+    clip_dim: int = CLIP_DIM  # width of the CLIP image tokens (i2v / flf2v)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.dim % HEAD_DIM:
+            raise ValueError(f"dim must be a multiple of {HEAD_DIM} (heads = dim // {HEAD_DIM}), got {self.dim}")
+
+    @property
+    def num_heads(self) -> int:
+        return self.dim // HEAD_DIM
+
+    @property
+    def head_dim(self) -> int:
+        return HEAD_DIM
+
+    @property
+    def has_image_branch(self) -> bool:
+        """True for i2v / flf2v: cross-attention has k_img / v_img and the model takes CLIP tokens."""
+        return self.model_type in ("i2v", "flf2v")
+
+    @property
+    def clip_tokens(self) -> int:
+        """CLIP tokens the model takes per sample: 257 (i2v) or 514 (flf2v: start and end image)."""
+        return CLIP_TOKENS * (2 if self.model_type == "flf2v" else 1)
+
+    @property
+    def label(self) -> str:
+        for name, preset in PRESETS.items():
+            if preset == self:
+                return name
+        return f"{self.model_type} dim {self.dim}, {self.num_layers} layers"
+
+
+T2V_1_3B = DiTConfig("t2v", dim=1536, ffn_dim=8960, num_layers=30)
+T2V_14B = DiTConfig("t2v", dim=5120, ffn_dim=13824, num_layers=40)
+I2V_14B = DiTConfig("i2v", dim=5120, ffn_dim=13824, num_layers=40, in_dim=36)
+FLF2V_14B = replace(I2V_14B, model_type="flf2v")
+
+PRESETS: dict[str, DiTConfig] = {
+    "t2v-1.3B": T2V_1_3B,
+    "t2v-14B": T2V_14B,
+    "i2v-14B": I2V_14B,
+    "flf2v-14B": FLF2V_14B,
+}
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _shape(shapes: Mapping[str, Sequence[int]], key: str, path: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise CheckpointError(f"{path}: no tensor {key!r}, so the DiT's size cannot be read from it")
+    return tuple(shapes[key])
+
+
+def detect(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> DiTConfig:
+    """Read a :class:`DiTConfig` from official-layout key names and their shapes.
+
+    ``shapes`` maps each key (official names, no prefix) to its shape; the tensors themselves are
+    not needed, so a safetensors header or a ``meta`` state dict is enough.
+    """
+    dim = _shape(shapes, "head.modulation", path)[-1]
+    ffn_dim = _shape(shapes, "blocks.0.ffn.0.weight", path)[0]
+    layers = {int(m.group(1)) for k in shapes if (m := _BLOCK.match(k))}
+    in_dim = _shape(shapes, "patch_embedding.weight", path)[1]
+    text_dim = _shape(shapes, "text_embedding.0.weight", path)[1]
+    patch = tuple(_shape(shapes, "patch_embedding.weight", path)[2:])
+    out_dim = _shape(shapes, "head.head.weight", path)[0] // (patch[0] * patch[1] * patch[2])
+    freq_dim = _shape(shapes, "time_embedding.0.weight", path)[1]
+    if "img_emb.emb_pos" in shapes:
+        model_type = "flf2v"
+    elif "img_emb.proj.0.bias" in shapes:
+        model_type = "i2v"
+    else:
+        model_type = "t2v"
+    if layers != set(range(len(layers))):
+        missing = sorted(set(range(max(layers) + 1)) - layers)
+        raise CheckpointError(f"{path}: transformer blocks {missing} are missing (found {len(layers)} blocks)")
+    if dim % HEAD_DIM:
+        raise CheckpointError(f"{path}: width {dim} is not a multiple of {HEAD_DIM}; not a Wan2.1 DiT")
+    clip_dim = _shape(shapes, "img_emb.proj.0.weight", path)[0] if model_type != "t2v" else CLIP_DIM
+    return DiTConfig(model_type=model_type, dim=dim, ffn_dim=ffn_dim, num_layers=len(layers),
+                     in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,
+                     patch_size=patch, clip_dim=clip_dim)

@@ -1,0 +1,306 @@
+"""The Wan2.1 diffusion transformer (t2v, i2v and flf2v variants).
+
+Module attributes mirror the official checkpoint keys (``blocks.N.self_attn.q.weight`` ...), so an
+official state dict loads with no renaming. Shapes use B batch, C width, L tokens, f/h/w the token
+grid after patching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..runtime.attention import AttentionFn
+from ..runtime.context import RenderContext
+from .config import DiTConfig
+from .layers import (
+    CastLinear,
+    FP32LayerNorm,
+    LinearFactory,
+    Rotation,
+    TokenRMSNorm,
+    apply_rope,
+    cast_weight,
+    gelu_tanh,
+    rope_grid,
+    rope_tables,
+    sinusoidal_embedding,
+)
+
+MAX_ROPE_POSITIONS = 1024
+"""Rows of the rotary tables: the longest frame, height or width token axis supported."""
+
+IMAGE_NORM_EPS = 1e-5
+"""The CLIP-token projection uses LayerNorm's default epsilon, not the DiT's 1e-6."""
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    """What every block of one forward pass reads besides the residual stream (made by ``embed``)."""
+
+    e6: torch.Tensor  # [B, 6, C] fp32: the time projection (shift, scale, gate of attention and ffn)
+    rotation: Rotation  # rotary cos / sin of the token grid, [L, 1, head_dim / 2] each
+    text: torch.Tensor  # [B, 512, C] compute dtype: the embedded text context
+    image: torch.Tensor | None  # [B, 257 or 514, C] compute dtype: the embedded CLIP tokens (i2v / flf2v)
+    attend: AttentionFn  # the render's attention backend
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The output of :meth:`WanDiT.embed`: the residual stream's start and what the blocks and head need."""
+
+    tokens: torch.Tensor  # [B, L, C] fp32 patch tokens
+    e: torch.Tensor  # [B, C] fp32 time embedding (the head's modulation)
+    grid: tuple[int, int, int]  # (f, h, w) token grid
+    inputs: BlockInputs
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with RMS-normed q/k and 3-axis rotary embedding."""
+
+    def __init__(self, dim: int, heads: int, eps: float, linear: LinearFactory):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (linear(dim, dim) for _ in range(4))
+        self.norm_q = TokenRMSNorm(dim, eps)
+        self.norm_k = TokenRMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, rotation: Rotation, attend: AttentionFn) -> torch.Tensor:
+        """x ``[B, L, C]``; rotation: cos / sin ``[L, 1, head_dim/2]`` (see :func:`rope_grid`) -> ``[B, L, C]``."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))  # [B, L, heads, d]
+        k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
+        v = self.v(x).unflatten(-1, (self.heads, -1))
+        return self.o(attend(apply_rope(q, rotation), apply_rope(k, rotation), v))
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to the text tokens, plus (i2v/flf2v) to the CLIP image tokens.
+
+    The image branch has its own k/v (``k_img``, ``v_img``, ``norm_k_img``) and its attention output
+    is added to the text attention's before the shared output projection.
+    """
+
+    def __init__(self, dim: int, heads: int, eps: float, linear: LinearFactory, image_branch: bool):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (linear(dim, dim) for _ in range(4))
+        self.norm_q = TokenRMSNorm(dim, eps)
+        self.norm_k = TokenRMSNorm(dim, eps)
+        if image_branch:
+            self.k_img = linear(dim, dim)
+            self.v_img = linear(dim, dim)
+            self.norm_k_img = TokenRMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None,
+                attend: AttentionFn) -> torch.Tensor:
+        """x ``[B, L, C]``, context ``[B, 512, C]``, context_img ``[B, 257 or 514, C]`` or None."""
+        split = (self.heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, split)
+        k = self.norm_k(self.k(context)).unflatten(-1, split)
+        out = attend(q, k, self.v(context).unflatten(-1, split))
+        if context_img is not None:
+            k_img = self.norm_k_img(self.k_img(context_img)).unflatten(-1, split)
+            out = out + attend(q, k_img, self.v_img(context_img).unflatten(-1, split))
+        return self.o(out)
+
+
+class DiTBlock(nn.Module):
+    """One transformer block: modulated self-attention, cross-attention, modulated feed-forward.
+
+    The residual stream and the modulation run in fp32; the attention and feed-forward layers run
+    in the model's compute dtype.
+    """
+
+    def __init__(self, cfg: DiTConfig, linear: LinearFactory):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = FP32LayerNorm(dim, cfg.eps, affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps, linear)
+        self.norm3 = FP32LayerNorm(dim, cfg.eps, affine=True)
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps, linear, cfg.has_image_branch)
+        self.norm2 = FP32LayerNorm(dim, cfg.eps, affine=False)
+        self.ffn = nn.Sequential(linear(dim, cfg.ffn_dim), gelu_tanh(), linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
+
+    def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        """x ``[B, L, C]`` fp32 residual stream -> ``[B, L, C]`` fp32."""
+        dtype = inputs.text.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + inputs.e6).unsqueeze(2).unbind(1)
+        h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)  # norm * (1 + scale) + shift, in one pass
+        x = torch.addcmul(x, self.self_attn(h.to(dtype), inputs.rotation, inputs.attend).float(), gate1)
+        x = x + self.cross_attn(self.norm3(x).to(dtype), inputs.text, inputs.image, inputs.attend).float()
+        h = torch.addcmul(shift2, self.norm2(x), 1 + scale2)
+        return torch.addcmul(x, self.ffn(h.to(dtype)).float(), gate2)
+
+
+class Head(nn.Module):
+    """Final modulated norm and projection to ``out_dim * prod(patch)`` channels per token (fp32)."""
+
+    def __init__(self, cfg: DiTConfig, linear: LinearFactory):
+        super().__init__()
+        pt, ph, pw = cfg.patch_size
+        self.norm = FP32LayerNorm(cfg.dim, cfg.eps, affine=False)
+        self.head = linear(cfg.dim, cfg.out_dim * pt * ph * pw)
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x ``[B, L, C]``, e ``[B, C]`` time embedding -> ``[B, L, out_dim * prod(patch)]`` fp32."""
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)
+        return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
+
+
+class ImageProjection(nn.Module):
+    """CLIP tokens ``[B, T, 1280]`` -> context tokens ``[B, T, C]`` (keys ``img_emb.proj.N``).
+
+    flf2v adds ``emb_pos``, a learned position embedding over the start and end images' 514 tokens.
+    """
+
+    def __init__(self, cfg: DiTConfig, linear: LinearFactory):
+        super().__init__()
+        self.proj = nn.Sequential(
+            FP32LayerNorm(cfg.clip_dim, IMAGE_NORM_EPS, affine=True), linear(cfg.clip_dim, cfg.clip_dim),
+            nn.GELU(), linear(cfg.clip_dim, cfg.dim), FP32LayerNorm(cfg.dim, IMAGE_NORM_EPS, affine=True))
+        if cfg.model_type == "flf2v":
+            self.emb_pos = nn.Parameter(torch.zeros(1, cfg.clip_tokens, cfg.clip_dim))
+
+    def forward(self, clip_fea: torch.Tensor) -> torch.Tensor:
+        x = clip_fea.float()
+        if hasattr(self, "emb_pos"):
+            x = x + self.emb_pos.float()
+        return self.proj(x)
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping 3-D patches to tokens; stored like the official ``Conv3d`` (same keys)."""
+
+    def __init__(self, in_dim: int, dim: int, patch: tuple[int, int, int]):
+        super().__init__()
+        self.patch = patch
+        self.weight = nn.Parameter(torch.empty(dim, in_dim, *patch))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        nn.init.xavier_uniform_(self.weight.view(dim, -1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """x ``[B, C_in, F, H, W]`` -> tokens ``[B, f*h*w, C]`` and the grid (f, h, w)."""
+        b, c, frames, height, width = x.shape
+        pt, ph, pw = self.patch
+        f, h, w = frames // pt, height // ph, width // pw
+        patches = x.view(b, c, f, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)  # [B, f, h, w, C, pt, ph, pw]
+        patches = patches.reshape(b, f * h * w, c * pt * ph * pw)
+        weight = cast_weight(self.weight, x.dtype).flatten(1)
+        return torch.nn.functional.linear(patches, weight, self.bias.to(x.dtype)), (f, h, w)
+
+
+class WanDiT(nn.Module):
+    """Wan2.1 diffusion transformer; predicts the flow ``v = noise - x0`` of normalized latents.
+
+    ``linear`` builds every Linear layer (default :class:`CastLinear`); ``compute_dtype`` is the
+    dtype of the matrix products (fp32 on CPU, bf16 or fp16 on GPU); weights may be stored in any
+    float dtype, time embedding and modulation always run in fp32.
+    """
+
+    def __init__(self, config: DiTConfig, linear: LinearFactory = CastLinear,
+                 compute_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        cfg = self.config = config
+        self.compute_dtype = compute_dtype
+        self.patch_embedding = PatchEmbedding(cfg.in_dim, cfg.dim, cfg.patch_size)
+        self.text_embedding = nn.Sequential(linear(cfg.text_dim, cfg.dim), gelu_tanh(), linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(linear(cfg.freq_dim, cfg.dim), nn.SiLU(), linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList(DiTBlock(cfg, linear) for _ in range(cfg.num_layers))
+        self.head = Head(cfg, linear)
+        if cfg.has_image_branch:
+            self.img_emb = ImageProjection(cfg, linear)
+        cos, sin = rope_tables(cfg.head_dim, MAX_ROPE_POSITIONS)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                render: RenderContext | None = None) -> torch.Tensor:
+        """Predict the flow for a batch: :meth:`embed`, then :meth:`run_blocks`, then :meth:`apply_head`.
+
+        x: ``[B, 16, F', h, w]`` normalized latents; t: ``[B]`` (or a scalar) in [0, 1000];
+        context: ``[B, L<=512, 4096]`` text states (zero-padded to 512 here, as the official code);
+        clip_fea: ``[B, 257, 1280]`` (i2v) or ``[B, 514, 1280]`` (flf2v: start then end image);
+        y: ``[B, 20, F', h, w]`` mask + image latents (i2v/flf2v). render: this render's context
+        (attention backend, block runner, compute dtype, weight patches); None: the defaults.
+        Returns ``[B, out_dim, F', h, w]`` float32.
+        """
+        render = render or RenderContext()
+        net = render.patched(self)  # this model, or this render's patched view of it
+        embedded = net.embed(x, t, context, clip_fea, y, render)
+        return net.apply_head(net.run_blocks(embedded, render), embedded)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, clip_fea: torch.Tensor | None = None,
+              y: torch.Tensor | None = None, render: RenderContext | None = None) -> Embedded:
+        """Inputs (as :meth:`forward`) -> patch tokens, time embedding, embedded text and image tokens."""
+        cfg = self.config
+        render = render or RenderContext()
+        self._check_inputs(x, context, clip_fea, y)
+        dtype = render.dtype_for(self)
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        tokens, grid = self.patch_embedding(x.to(dtype))
+        rotation = rope_grid(self.rope_cos, self.rope_sin, grid, cfg.head_dim)
+
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))  # [B, C] fp32
+        e6 = self.time_projection(e).unflatten(1, (6, cfg.dim))  # [B, 6, C] fp32
+
+        context = nn.functional.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        text = self.text_embedding(context)  # [B, 512, C]
+        image = self.img_emb(clip_fea).to(dtype) if clip_fea is not None else None
+        return Embedded(tokens.float(), e, grid, BlockInputs(e6, rotation, text, image, render.attend))
+
+    def run_blocks(self, embedded: Embedded, render: RenderContext | None = None) -> torch.Tensor:
+        """The residual stream through every block, by the render's runner: ``[B, L, C]`` fp32."""
+        runner = (render or RenderContext()).runner
+        return runner(self.blocks, embedded.tokens, embedded.inputs)
+
+    def apply_head(self, h: torch.Tensor, embedded: Embedded) -> torch.Tensor:
+        """Residual stream ``[B, L, C]`` -> flow ``[B, out_dim, F', h, w]`` float32."""
+        return self._unpatchify(self.head(h, embedded.e), embedded.grid)
+
+    def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``[B, f*h*w, pt*ph*pw*C]`` -> ``[B, C, f*pt, h*ph, w*pw]``."""
+        f, h, w = grid
+        pt, ph, pw = self.config.patch_size
+        c = self.config.out_dim
+        x = x.view(x.shape[0], f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, f, pt, h, ph, w, pw]
+        return x.reshape(x.shape[0], c, f * pt, h * ph, w * pw)
+
+    def check_conditioning(self, context: torch.Tensor, clip_fea=None, y=None) -> None:
+        """Raise :class:`InputError` unless the text width and the image conditioning fit this model."""
+        cfg = self.config
+        if cfg.has_image_branch and (clip_fea is None or y is None):
+            raise InputError(f"this is an {cfg.model_type} model: it needs image conditioning "
+                             "(clip_fea and y, from WanCoreImageToVideo / image_to_video); got none")
+        if not cfg.has_image_branch and (clip_fea is not None or y is not None):
+            raise InputError("this is a text-to-video model: it takes no image conditioning; "
+                             "load an i2v / flf2v checkpoint to animate an image")
+        if clip_fea is not None and tuple(clip_fea.shape[1:]) != (cfg.clip_tokens, cfg.clip_dim):
+            raise InputError(f"clip_fea must be [B, {cfg.clip_tokens}, {cfg.clip_dim}] for {cfg.model_type}, "
+                             f"got {tuple(clip_fea.shape)}")
+        if context.dim() != 3 or context.shape[-1] != cfg.text_dim or context.shape[1] > cfg.text_len:
+            raise InputError(f"context must be [B, L<={cfg.text_len}, {cfg.text_dim}] text states, "
+                             f"got {tuple(context.shape)}; use the text encoder that belongs to this model")
+
+    def _check_inputs(self, x, context, clip_fea, y) -> None:
+        cfg = self.config
+        if x.dim() != 5:
+            raise InputError(f"x must be [B, C, F, H, W] latents, got shape {tuple(x.shape)}")
+        self.check_conditioning(context, clip_fea, y)
+        noise_channels = cfg.in_dim - (y.shape[1] if y is not None else 0)
+        if x.shape[1] != noise_channels:
+            raise InputError(f"x has {x.shape[1]} channels; this model expects {cfg.in_dim} with y included")
+        pt, ph, pw = cfg.patch_size
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        if x.shape[3] % ph or x.shape[4] % pw or max(grid) > MAX_ROPE_POSITIONS:
+            raise InputError(f"latent size {tuple(x.shape[2:])} must have even height and width and at most "
+                             f"{MAX_ROPE_POSITIONS} patches per axis")
+

@@ -1,0 +1,11 @@
+"""Per-render machinery that knows no particular network: context, attention, runners, placement, patches."""
+
+from .attention import AttentionBackend, attention_backends, get_attention, register_backend, sdpa_attention
+from .context import RenderContext
+from .patches import WeightDelta, WeightPatch, patched_view
+from .placement import DTYPES, Placement, default_compute_dtype, parse_dtype, resolve_placement
+from .runners import BlockRunner, ResidentRunner
+
+__all__ = ["AttentionBackend", "attention_backends", "get_attention", "register_backend", "sdpa_attention",
+           "RenderContext", "WeightDelta", "WeightPatch", "patched_view", "DTYPES", "Placement",
+           "default_compute_dtype", "parse_dtype", "resolve_placement", "BlockRunner", "ResidentRunner"]

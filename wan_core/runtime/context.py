@@ -1,0 +1,66 @@
+"""The render context: everything that varies per render and is not the loaded model (DESIGN §9).
+
+One :class:`RenderContext` is built per render and handed to :func:`~wan_core.sample` and to the
+DiT. It names the compute device and dtype, the attention backend, the block runner and the
+weight patches. ComfyUI caches node outputs and one loaded model feeds many graphs and queue
+runs, so none of this is ever stored on the model: per-render views and state live here. Step
+caches and block streaming are runners (or wrap one); they keep their per-render state in the
+runner object of this context, so a new context starts clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .attention import DEFAULT_ATTENTION, AttentionFn, get_attention
+from .patches import WeightPatch, patched_view
+from .placement import COMPUTE_DTYPES
+from .runners import BlockRunner, ResidentRunner
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Per-render settings and state; the default reproduces a plain resident fp32-on-CPU render."""
+
+    device: torch.device | None = None  # where the render computes; None: where the model's weights are
+    compute_dtype: torch.dtype | None = None  # matrix-product dtype; None: the model's own (its placement)
+    attention: str = DEFAULT_ATTENTION  # attention backend, by name (see runtime.attention)
+    runner: BlockRunner = field(default_factory=ResidentRunner)  # executes the DiT's block loop
+    patches: Mapping[str, WeightPatch] = field(default_factory=dict)  # {DiT parameter name: patch}
+    _views: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(model) -> patched view
+
+    def __post_init__(self) -> None:
+        get_attention(self.attention)  # unknown or unusable backends fail when the context is made
+        if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
+            raise InputError(f"compute dtype {self.compute_dtype} is not one of fp32, bf16, fp16")
+        if self.device is not None:
+            object.__setattr__(self, "device", torch.device(self.device))
+
+    @property
+    def attend(self) -> AttentionFn:
+        """The attention kernel: q ``[B, Lq, heads, d]``, k / v ``[B, Lk, heads, d]`` -> ``[B, Lq, heads * d]``."""
+        return get_attention(self.attention).attend
+
+    def dtype_for(self, model: nn.Module) -> torch.dtype:
+        """This render's compute dtype, else the model's own ``compute_dtype``."""
+        return self.compute_dtype or getattr(model, "compute_dtype", torch.float32)
+
+    def device_for(self, model: nn.Module) -> torch.device:
+        """This render's device, else the device of the model's first parameter."""
+        if self.device is not None:
+            return self.device
+        return next(model.parameters()).device
+
+    def patched(self, model: nn.Module) -> nn.Module:
+        """``model`` with this render's patches (a view made once per render and model), or ``model`` itself."""
+        if not self.patches:
+            return model
+        key = id(model)
+        if key not in self._views:
+            self._views[key] = (model, patched_view(model, self.patches, self.dtype_for(model)))
+        return self._views[key][1]

@@ -1,0 +1,33 @@
+"""Block runners: how a network's stack of blocks is executed for one render.
+
+A runner is ``runner(blocks, h, *args) -> h``: it calls ``block(h, *args)`` for each block in order
+and may decide where each block's weights are and when they get there (streaming), whether a block
+runs at all (step caches), or what is added between blocks (VACE hints), without touching the
+blocks themselves. The model hands its blocks over; the render context chooses the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class BlockRunner(Protocol):
+    def __call__(self, blocks: Sequence[nn.Module], h: torch.Tensor, *args) -> torch.Tensor:
+        """Run ``blocks`` over the residual stream ``h`` (each block: ``h = block(h, *args)``)."""
+        ...
+
+
+class ResidentRunner:
+    """Every block computes where its weights already are, one after the other (the default)."""
+
+    def __call__(self, blocks: Sequence[nn.Module], h: torch.Tensor, *args) -> torch.Tensor:
+        for block in blocks:
+            h = block(h, *args)
+        return h
+
+    def __repr__(self) -> str:
+        return "ResidentRunner()"

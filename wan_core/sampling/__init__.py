@@ -1,0 +1,1 @@
+"""Sampling: sigma schedules, the flow-matching solvers, and the denoising loop of a render."""
