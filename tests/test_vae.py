@@ -42,6 +42,7 @@ def test_encode_matches_official(pair, frames):
         expected = ref.encode(clip, _scale())  # the official output is normalized
     got = ours.encode(clip)
     assert got.shape == (1, 16, (frames - 1) // 4 + 1, 4, 6)
+    assert wan_core.latent_frames(frames) == expected.shape[2]  # the 4n+1 rule, held to the official VAE
     assert _rel(normalize_latents(got), expected) <= TOL
 
 
@@ -53,6 +54,7 @@ def test_decode_matches_official(pair, frames):
         expected = ref.decode(z, _scale()).clamp(-1, 1)  # wan22's Wan2_1_VAE wrapper clamps
     got = ours.decode(denormalize_latents(z))
     assert got.shape == (1, 3, frames, 32, 48)
+    assert wan_core.video_frames(z.shape[2]) == expected.shape[2]  # the inverse rule, held to the official VAE
     assert (expected.abs() < 1).float().mean() > 0.5, "random weights saturate the output; the test would be weak"
     assert _rel(got, expected) <= TOL
 
