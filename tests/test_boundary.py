@@ -84,3 +84,47 @@ def test_only_wan_core_is_installable():
     found = find_packages(str(ROOT), **rule)
     assert "wan_core" in found
     assert all(p == "wan_core" or p.startswith("wan_core.") for p in found), found
+
+
+# What each stage of wan_core may import from the package (besides itself, constants and errors).
+LAYERS = {
+    "runtime": set(),
+    "video": set(),
+    "latents": set(),
+    "models": {"runtime"},
+    "loading": {"models", "runtime"},
+    "sampling": {"runtime", "latents"},
+    "conditioning": {"models", "sampling", "runtime", "latents"},
+    "i2v": {"conditioning", "models", "sampling", "runtime", "latents"},
+}
+
+
+def _stage(module: str) -> str:
+    """``wan_core.models.dit`` -> ``models``; ``wan_core.i2v`` -> ``i2v``; ``wan_core`` -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _wan_core_imports(path: pathlib.Path) -> set[str]:
+    """Absolute names of the wan_core modules ``path`` imports relatively."""
+    rel = path.relative_to(ROOT).with_suffix("")
+    package = list(rel.parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            found.add(".".join(base + ([node.module] if node.module else [])))
+    return found
+
+
+def test_each_stage_of_wan_core_imports_only_the_stages_below_it():
+    offenders = {}
+    for path in sorted((ROOT / "wan_core").rglob("*.py")):
+        stage = _stage(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        if stage not in LAYERS:
+            continue
+        allowed = LAYERS[stage] | {stage, "constants", "errors"}
+        bad = sorted(m for m in _wan_core_imports(path) if _stage(m) not in allowed)
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = bad
+    assert offenders == {}

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from tiny import I2V, T2V, inputs, random_official_state
 
 import wan_core
+import wan_core.demo
 from wan_core import RenderContext, ResidentRunner, WeightDelta
 
 RECORDED = Path(__file__).parent / "data" / "dit_before_seams.safetensors"
@@ -181,3 +182,11 @@ def test_a_render_context_computes_in_its_own_dtype_without_touching_the_model()
     assert 1e-5 < error < 0.05  # a bf16 computation: close, not equal
     with pytest.raises(wan_core.InputError, match="compute dtype"):
         RenderContext(compute_dtype=torch.float8_e4m3fn)
+
+
+def test_the_text_encoders_block_loop_goes_through_a_runner_too(tmp_path):
+    encoder = wan_core.load_text_encoder(wan_core.demo.write_demo_models(tmp_path)["text_encoders"])
+    runner = _CountingRunner()
+    prompts = ["a red fox", "snow falling on a quiet street at night"]
+    assert torch.equal(encoder.encode(prompts, runner=runner), encoder.encode(prompts))
+    assert runner.blocks_run == encoder.model.config.num_layers

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..runtime.runners import BlockRunner, ResidentRunner
 from .layers import CastLinear, LinearFactory
 
 
@@ -145,11 +146,10 @@ class UMT5Encoder(nn.Module):
         self.shared = nn.Embedding(config.vocab, config.dim)
         self.encoder = Stack(config, linear)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, runner: BlockRunner | None = None) -> torch.Tensor:
+        """ids / mask ``[B, L]``; ``runner`` executes the 24 blocks (default: each where its weights are)."""
         x = self.shared.weight[ids].to(self.compute_dtype)  # gathers rows, then casts only those
-        key_mask = mask.bool()
-        for block in self.encoder.block:
-            x = block(x, key_mask)
+        x = (runner or ResidentRunner())(self.encoder.block, x, mask.bool())
         return self.encoder.final_layer_norm(x)
 
 
@@ -178,14 +178,15 @@ class TextEncoder:
         return self
 
     @torch.no_grad()
-    def encode(self, texts: list[str]) -> torch.Tensor:
+    def encode(self, texts: list[str], runner: BlockRunner | None = None) -> torch.Tensor:
+        """Prompts -> ``[B, 512, dim]`` float32; ``runner`` executes the encoder's block loop (default: resident)."""
         if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
             raise InputError(f"encode takes a non-empty list of prompt strings, got {texts!r}")
         ids, mask = self.tokenizer(texts)
         # Positions after the longest prompt are padding: their keys are masked out and their outputs
         # zeroed, and the position bias depends only on distances, so they need no compute at all.
         used = int(mask.sum(1).max())
-        states = self.model(ids[:, :used].to(self.device), mask[:, :used].to(self.device)).float()
+        states = self.model(ids[:, :used].to(self.device), mask[:, :used].to(self.device), runner).float()
         out = torch.zeros(len(texts), ids.shape[1], states.shape[-1], device=states.device)
         out[:, :used] = states * mask[:, :used].to(states.device)[..., None]
         return out
