@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..wan_core import RenderInterrupted
+
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm
     import comfy.utils as _utils
@@ -52,12 +54,25 @@ def list_models(kind: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES)
 
 
+def _inside(path: Path, roots: list[Path], what: str, name: str) -> Path:
+    """``path`` resolved, if it lies inside one of ``roots``; else a :class:`HostError` (no escaping by ``..``
+    or by a link)."""
+    resolved = path.resolve()
+    if not any(resolved == r or r in resolved.parents for r in (Path(root).resolve() for root in roots)):
+        raise HostError(f"{what} {name!r} leads outside its folder ({', '.join(str(r) for r in roots)}); "
+                        "pick a file inside it")
+    return resolved
+
+
 def model_path(kind: str, name: str) -> Path:
+    """The file ``name`` of a model folder kind; it must lie inside that kind's folders."""
     if IN_COMFYUI:
-        return Path(_folders.get_full_path_or_raise(kind, name))
-    path = _local("WANCORE_MODELS", "models") / kind / name
+        return _inside(Path(_folders.get_full_path_or_raise(kind, name)), _folders.get_folder_paths(kind),
+                       "model file", name)
+    root = _local("WANCORE_MODELS", "models") / kind
+    path = _inside(root / name, [root], "model file", name)
     if not path.is_file():
-        raise HostError(f"model file {name!r} is not in {path.parent}; put it there or set WANCORE_MODELS")
+        raise HostError(f"model file {name!r} is not in {root}; put it there or set WANCORE_MODELS")
     return path
 
 
@@ -77,9 +92,11 @@ def list_input_videos() -> list[str]:
 
 
 def input_path(name: str) -> Path:
+    """An input file by name (ComfyUI's ``[output]`` / ``[temp]`` annotations allowed); never outside those folders."""
     if IN_COMFYUI:
-        return Path(_folders.get_annotated_filepath(name))
-    return input_directory() / name
+        roots = [_folders.get_input_directory(), _folders.get_output_directory(), _folders.get_temp_directory()]
+        return _inside(Path(_folders.get_annotated_filepath(name)), roots, "input file", name)
+    return _inside(input_directory() / name, [input_directory()], "input file", name)
 
 
 def compute_device() -> torch.device:
@@ -123,6 +140,12 @@ def on_compute_device(*models):
         release_memory()
 
 
+def render_started() -> None:
+    """A new render begins: a standalone cancel left over from an earlier one no longer applies."""
+    if not IN_COMFYUI:
+        interrupt_event.clear()
+
+
 def interrupt_requested() -> bool:
     if IN_COMFYUI:
         return bool(_mm.processing_interrupted())
@@ -133,6 +156,16 @@ def raise_if_interrupted() -> None:
     """Raise ComfyUI's own interrupt exception (so it reports a cancel, not an error), if requested."""
     if IN_COMFYUI:
         _mm.throw_exception_if_processing_interrupted()
+
+
+@contextmanager
+def cancellable():
+    """Yields the interrupt check for a long stage; a cancel it caused is re-raised as ComfyUI's own."""
+    try:
+        yield interrupt_requested
+    except RenderInterrupted:
+        raise_if_interrupted()
+        raise
 
 
 class Progress:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..wan_core import SAMPLERS, RenderContext, RenderInterrupted, SampleRequest, latent_preview, sample
+from ..wan_core import SAMPLERS, RenderContext, SampleRequest, check_render, check_tensors, latent_preview, sample
 from . import host
 
 
@@ -47,20 +47,20 @@ class WanCoreSampler:
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
             latent=None, image_embeds=None):
+        host.render_started()
         start = None if latent is None else latent["samples"]
         request = SampleRequest(width, height, frames) if image_embeds is None else image_embeds.request()
-        if start is None:
-            request.latent_shape()  # sizes checked before anything is moved or drawn
+        shape = tuple(start.shape) if start is not None else request.latent_shape()
+        device = host.compute_device()
+        settings = dict(seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise)
         conditioning = {} if image_embeds is None else {"clip_fea": image_embeds.clip_fea, "y": image_embeds.y}
+        # the whole render is checked before the model moves or any noise is drawn
+        check_render(model.config, shape, **settings, device=device, compute_dtype=model.compute_dtype)
+        check_tensors(model, embeds.positive, embeds.negative, start, conditioning.get("clip_fea"),
+                      conditioning.get("y"), shape)
         progress = host.Progress(steps)
-        try:
-            with host.on_compute_device(model) as device:
-                raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, seed=seed,
-                             steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
-                             render=RenderContext(device=device),
-                             callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)),
-                             interrupt=host.interrupt_requested, **conditioning)
-        except RenderInterrupted:
-            host.raise_if_interrupted()
-            raise
+        with host.cancellable() as interrupt, host.on_compute_device(model) as device:
+            raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
+                         render=RenderContext(device=device), interrupt=interrupt,
+                         callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)), **conditioning)
         return ({"samples": raw.cpu()},)

@@ -25,6 +25,6 @@ class WanCoreTextEncode:
         }}
 
     def encode(self, text_encoder, positive, negative):
-        with host.on_compute_device(text_encoder):
-            embeds = encode_prompts(text_encoder, positive, negative)
+        with host.cancellable() as interrupt, host.on_compute_device(text_encoder):
+            embeds = encode_prompts(text_encoder, positive, negative, interrupt=interrupt)
         return (embeds,)

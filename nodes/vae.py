@@ -50,9 +50,10 @@ class WanCoreVAEDecode:
 
     def decode(self, vae, latent, tiling):
         z = latent["samples"]
-        with host.on_compute_device(vae):
+        with host.cancellable() as interrupt, host.on_compute_device(vae):
             tile = _tile(vae, tiling, z.shape[-2], z.shape[-1])
-            video = vae.decode(z) if tile is None else decode_tiled(vae, z, tile, min(OVERLAP, tile // 2))
+            video = (vae.decode(z, interrupt=interrupt) if tile is None
+                     else decode_tiled(vae, z, tile, min(OVERLAP, tile // 2), interrupt=interrupt))
         return (video_to_images(video).cpu(),)
 
 
@@ -74,7 +75,8 @@ class WanCoreVAEEncode:
 
     def encode(self, vae, images, tiling):
         video = images_to_video(images)
-        with host.on_compute_device(vae):
+        with host.cancellable() as interrupt, host.on_compute_device(vae):
             tile = _tile(vae, tiling, video.shape[-2] // VAE_STRIDE[1], video.shape[-1] // VAE_STRIDE[2])
-            z = vae.encode(video) if tile is None else encode_tiled(vae, video, tile, min(OVERLAP, tile // 2))
+            z = (vae.encode(video, interrupt=interrupt) if tile is None
+                 else encode_tiled(vae, video, tile, min(OVERLAP, tile // 2), interrupt=interrupt))
         return ({"samples": z.cpu()},)

@@ -43,8 +43,9 @@ class WanCoreVideoWriter:
                 metadata["prompt"] = json.dumps(prompt)
             if extra_pnginfo and "workflow" in extra_pnginfo:
                 metadata["workflow"] = json.dumps(extra_pnginfo["workflow"])
-        path = write_video(images, target, fps=fps, fmt=format, quality=None if quality < 0 else quality,
-                           metadata=metadata)
+        with host.cancellable() as interrupt:
+            path = write_video(images, target, fps=fps, fmt=format, quality=None if quality < 0 else quality,
+                               metadata=metadata, interrupt=interrupt)
         files = sorted(path.glob("*.png")) if path.is_dir() else [path]
         previews = [_ui_entry(f, root) for f in files]
         return {"ui": {"images": previews, "animated": (path.is_file(),)}, "result": (str(path),)}

@@ -157,9 +157,9 @@ def test_progress_and_interrupt():
     ({"request": SampleRequest(832, 480, 14)}, "use 13 or 17"),
     ({"request": SampleRequest(833, 480, 81)}, r"width 833 is not a multiple of 16 \(.*\); use 832 or 848"),
     ({"sampler": "ddim"}, "choose one of unipc, dpm\\+\\+, euler"),
-    ({"denoise": 0.0}, "denoise must be in"),
+    ({"denoise": 0.0}, r"denoise must be a finite number above 0 and at most 1, got 0.0; 1.0 renders from pure"),
     ({"denoise": 0.5}, "needs a start latent"),
-    ({"steps": 0}, "steps must be a positive integer"),
+    ({"steps": 0}, "steps must be an integer from 1 to 1000, got 0"),
 ])
 def test_bad_requests_fail_before_any_model_call(kwargs, message):
     model = _Recorder()

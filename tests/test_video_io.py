@@ -161,7 +161,7 @@ def test_bad_writer_input(tmp_path):
         write_video(torch.zeros(5, 32, 32), tmp_path / "x.mp4")
     with pytest.raises(InputError, match="unknown"):
         write_video(torch.zeros(5, 32, 32, 3), tmp_path / "x.avi", fmt="avi")
-    with pytest.raises(InputError, match="fps must be a positive"):
+    with pytest.raises(InputError, match="fps must be a finite positive number"):
         write_video(torch.zeros(5, 32, 32, 3), tmp_path / "x.mp4", fps=0)
     assert list(tmp_path.iterdir()) == []
 

@@ -24,7 +24,7 @@ from .constants import (
     latent_frames,
     video_frames,
 )
-from .errors import CheckpointError, InputError, RenderInterrupted, WanCoreError
+from .errors import CheckpointError, InputError, RenderError, RenderInterrupted, WanCoreError
 from .i2v import image_conditioning, size_for_area
 from .latents import denormalize_latents, latent_preview, normalize_latents
 from .loading.clip_vision import load_clip_vision
@@ -53,14 +53,17 @@ from .runtime import (
     register_backend,
     resolve_placement,
 )
-from .sampling.loop import SAMPLERS, SampleRequest, sample
+from .sampling.loop import SAMPLERS, check_render, check_tensors, sample
+from .sampling.request import SampleRequest, check_seed
 from .video import (
     METADATA_KEYS,
     Clip,
     VideoFormat,
+    check_fps,
     extension,
     images_to_video,
     next_output_path,
+    read_image,
     read_metadata,
     read_video,
     video_format,
@@ -76,7 +79,7 @@ __all__ = [
     "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "PIXEL_MULTIPLE", "VAE_STRIDE", "check_frame_count",
     "check_pixel_size", "latent_frames", "video_frames",
     # errors
-    "CheckpointError", "InputError", "RenderInterrupted", "WanCoreError",
+    "CheckpointError", "InputError", "RenderError", "RenderInterrupted", "WanCoreError",
     # latents
     "denormalize_latents", "latent_preview", "normalize_latents",
     # networks and loaders
@@ -87,8 +90,9 @@ __all__ = [
     "attention_backends", "default_compute_dtype", "get_attention", "parse_dtype", "register_backend",
     "resolve_placement",
     # sampling
-    "SAMPLERS", "SampleRequest", "sample",
+    "SAMPLERS", "SampleRequest", "check_render", "check_seed", "check_tensors", "sample",
     # video files
-    "METADATA_KEYS", "Clip", "VideoFormat", "extension", "images_to_video", "next_output_path", "read_metadata",
+    "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
+    "next_output_path", "read_metadata",
     "read_video", "video_format", "video_to_images", "write_video",
 ]

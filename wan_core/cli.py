@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .constants import NEGATIVE_PROMPT
-from .errors import WanCoreError
+from .errors import InputError, WanCoreError
 from .runtime.placement import DTYPES
 
 log = logging.getLogger("wan_core.cli")
@@ -23,7 +25,7 @@ SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 def _pick(models: Path, kind: str, name: str | None) -> Path:
-    folder = models / KINDS[kind]
+    folder = models / IMAGE_KINDS[kind]
     if name:
         path = Path(name) if Path(name).is_absolute() else folder / name
         if not path.is_file():
@@ -85,27 +87,76 @@ def _format_for(path: Path) -> str:
 
 
 def run(argv: list[str] | None = None) -> Path:
-    """Parse ``argv``, render, and return the written path."""
-    import torch
-
+    """Parse ``argv``, check the whole render (files by their headers, sizes, settings, memory), then render
+    and return the written path. Nothing heavy is loaded before every check has passed."""
     from . import (
         RenderContext,
-        SampleRequest,
         image_to_video,
         load_clip_vision,
         load_dit,
         load_text_encoder,
         load_vae,
-        read_video,
         text_to_video,
-        video_format,
         video_to_images,
         write_video,
     )
-    from .demo import DEMO_SIZE, write_demo_models
 
     args = _parser().parse_args(argv)
+    plan = _plan(args)
+    weights = dict(storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype, device=plan.device)
+    compute = dict(compute_dtype=args.compute_dtype, device=plan.device)  # VAE and CLIP store what they compute in
+    text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
+    dit = load_dit(plan.paths["diffusion_models"], **weights)
+    vae = load_vae(plan.paths["vae"], **compute)
+
+    def progress(step: int, total: int, _x0) -> None:
+        log.info("step %d/%d", step + 1, total)
+
+    common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
+                  render=RenderContext(device=plan.device), callback=progress, **plan.size)
+    if plan.images:
+        clip = load_clip_vision(plan.paths["clip_vision"], **compute)
+        video = image_to_video(dit, text_encoder, vae, clip, plan.images[0], args.prompt, args.negative,
+                               end=plan.images[1] if len(plan.images) > 1 else None, **common)
+    else:
+        video = text_to_video(dit, text_encoder, vae, args.prompt, args.negative, **common)
+    metadata = {"prompt": args.prompt, "wancore": f"seed {args.seed}, {plan.size}, sampler {args.sampler}"}
+    return write_video(video_to_images(video), args.out, fps=args.fps, fmt=plan.fmt, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked render: model files, sizes, output format, device, and the input images (i2v / flf2v)."""
+
+    paths: dict[str, Path]
+    size: dict[str, int]
+    fmt: str
+    device: object
+    images: tuple
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Every check that needs no weights: arguments, output, devices, file kinds and the DiT's config from
+    its header, the model kind against the task, images, and the render's settings and memory."""
+    import torch
+
+    from . import check_fps, check_render, read_image, resolve_placement, video_format
+    from .demo import DEMO_SIZE, write_demo_models
+    from .loading.checkpoint import inspect_kind
+    from .loading.dit import inspect_dit
+    from .pipeline import check_task
+    from .sampling.request import SampleRequest
+    from .video.paths import check_file_name
+
     image_task = args.task != "t2v"
+    fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
+    check_fps(args.fps, fmt)
+    check_file_name(args.out.absolute())
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was given but this machine has no usable CUDA device (or this torch "
+                         "build has no CUDA); use --device cpu or install a CUDA build of torch")
+    placement = resolve_placement("dit", args.storage_dtype, args.compute_dtype, device)
     defaults = {"width": 832, "height": 480, "frames": 81, "steps": 40 if image_task else 50}
     if args.demo:
         defaults = DEMO_SIZE
@@ -117,34 +168,26 @@ def run(argv: list[str] | None = None) -> Path:
         kinds = IMAGE_KINDS if image_task else KINDS
         paths = {kinds[k]: _pick(args.models, k, getattr(args, k)) for k in kinds}
     size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
-    fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
-    SampleRequest(size["width"], size["height"], size["frames"]).latent_shape()  # so do bad sizes
-    device = torch.device(args.device)
-    weights = dict(storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype, device=device)
-    compute = dict(compute_dtype=args.compute_dtype, device=device)  # VAE and CLIP store what they compute in
-    text_encoder = load_text_encoder(paths["text_encoders"], **weights)
-    dit = load_dit(paths["diffusion_models"], **weights)
-    vae = load_vae(paths["vae"], **compute)
+    config = inspect_dit(paths["diffusion_models"])
+    check_task(config, args.task)
+    for kind, folder in (IMAGE_KINDS if image_task else KINDS).items():
+        if kind != "dit":
+            inspect_kind(paths[folder], kind)
+    names = (getattr(args, "image", None), getattr(args, "end_image", None))
+    images = tuple(read_image(name) for name in names if name is not None)
+    request = SampleRequest(size["width"], size["height"], size["frames"])
+    check_render(config, request.latent_shape(), seed=args.seed, steps=size["steps"], cfg=args.cfg,
+                 shift=args.shift, sampler=args.sampler, device=device, compute_dtype=placement.compute_dtype)
+    return _Plan(paths, size, fmt, device, images)
 
-    def progress(step: int, total: int, _x0) -> None:
-        log.info("step %d/%d", step + 1, total)
 
-    render = RenderContext(device=device)
-    common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler, render=render,
-                  callback=progress, **size)
-    if image_task:
-        clip = load_clip_vision(paths["clip_vision"], **compute)
-        start = read_video(args.image, max_frames=1).images()
-        end = read_video(args.end_image, max_frames=1).images() if args.task == "flf2v" else None
-        video = image_to_video(dit, text_encoder, vae, clip, start, args.prompt, args.negative, end=end, **common)
-    else:
-        video = text_to_video(dit, text_encoder, vae, args.prompt, args.negative, **common)
-    metadata = {"prompt": args.prompt, "wancore": f"seed {args.seed}, {size}, sampler {args.sampler}"}
-    return write_video(video_to_images(video), args.out, fps=args.fps, fmt=fmt, metadata=metadata)
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a job manager, `kill`) ends the render as Ctrl-C does
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         path = run(argv)
     except WanCoreError as err:

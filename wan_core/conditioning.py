@@ -6,6 +6,7 @@ The types the sampler takes (:class:`TextEmbeds`, :class:`ImageEmbeds`) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from .constants import NEGATIVE_PROMPT, VAE_STRIDE, video_frames
 from .errors import InputError
 from .models.text_encoder import TextEncoder
-from .sampling.loop import SampleRequest
+from .sampling.request import SampleRequest
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class ImageEmbeds:
                              frames=video_frames(latent_count))
 
 
-def encode_prompts(text_encoder: TextEncoder, positive: str, negative: str | None = None) -> TextEmbeds:
+def encode_prompts(text_encoder: TextEncoder, positive: str, negative: str | None = None,
+                   interrupt: Callable[[], bool] | None = None) -> TextEmbeds:
     """Encode a prompt and its negative (the official negative prompt when None or empty)."""
     if not isinstance(positive, str):
         raise InputError(f"the prompt must be text, got {type(positive).__name__}")
-    states = text_encoder.encode([positive, negative or NEGATIVE_PROMPT])
+    states = text_encoder.encode([positive, negative or NEGATIVE_PROMPT], interrupt=interrupt)
     return TextEmbeds(states[:1].cpu(), states[1:].cpu())

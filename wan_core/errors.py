@@ -15,3 +15,7 @@ class CheckpointError(WanCoreError):
 
 class RenderInterrupted(WanCoreError):
     """A render was cancelled through the interrupt callback; nothing was written."""
+
+
+class RenderError(WanCoreError):
+    """A render went numerically wrong (NaN / Inf appeared) although its inputs were valid."""

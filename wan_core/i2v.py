@@ -62,7 +62,7 @@ def _cover_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[:, :, top:top + height, left:left + width].movedim(1, -1).clamp(0, 1)
 
 
-def _check_image(name: str, image: torch.Tensor) -> None:
+def check_image(name: str, image: torch.Tensor) -> None:
     if image.dim() != 4 or image.shape[-1] != 3 or image.shape[0] < 1:
         raise InputError(f"{name} must be an IMAGE [N, height, width, 3], got shape {tuple(image.shape)}")
 
@@ -76,10 +76,10 @@ def image_conditioning(vae: WanVAE, clip: ClipVision, start: torch.Tensor, width
     """
     check_frame_count(frames)
     check_pixel_size(width, height)
-    _check_image("start image", start)
+    check_image("start image", start)
     start = start[:1]
     if end is not None:
-        _check_image("end image", end)
+        check_image("end image", end)
         if frames < 2:
             raise InputError("first-last-frame video needs at least 5 frames (4n+1)")
         end = _cover_crop(end[:1], *start.shape[1:3])

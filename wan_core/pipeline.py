@@ -11,12 +11,13 @@ import torch
 
 from .conditioning import encode_prompts
 from .errors import InputError
-from .i2v import image_conditioning
+from .i2v import check_image, image_conditioning
 from .models.dit import WanDiT
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
 from .runtime.context import RenderContext
-from .sampling.loop import SampleRequest, sample
+from .sampling.loop import check_render, sample
+from .sampling.request import SampleRequest
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -25,13 +26,14 @@ def text_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: s
                   *, width: int = 832, height: int = 480, frames: int = 81, seed: int = 0, steps: int = 50,
                   cfg: float = 5.0, shift: float = 5.0, sampler: str = "unipc", render: RenderContext | None = None,
                   callback: StepCallback | None = None, interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Prompt -> video ``[1, 3, frames, height, width]`` in [-1, 1]. Sizes are checked before any work."""
+    """Prompt -> video ``[1, 3, frames, height, width]`` in [-1, 1]. Everything is checked before any work."""
     request = SampleRequest(width, height, frames)
-    request.latent_shape()  # validates width, height and frame count now
-    embeds = encode_prompts(text_encoder, prompt, negative)
+    check_task(dit, "t2v")
+    render = _preflight(dit, request, prompt, negative, seed, steps, cfg, shift, sampler, render)
+    embeds = encode_prompts(text_encoder, prompt, negative, interrupt=interrupt)
     raw = sample(dit, embeds.positive, embeds.negative, request=request, seed=seed, steps=steps, cfg=cfg,
                  shift=shift, sampler=sampler, render=render, callback=callback, interrupt=interrupt)
-    return vae.decode(raw)
+    return vae.decode(raw, interrupt=interrupt)
 
 
 def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, start: torch.Tensor, prompt: str,
@@ -46,15 +48,38 @@ def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, st
     checked before any work.
     """
     request = SampleRequest(width, height, frames)
-    request.latent_shape()
-    if dit.config.model_type == "t2v":
-        raise InputError("this is a text-to-video model; load an i2v (or flf2v) checkpoint to animate an image")
-    if (end is not None) != (dit.config.model_type == "flf2v"):
-        raise InputError(f"an {dit.config.model_type} model needs "
-                         f"{'a start and an end image' if dit.config.model_type == 'flf2v' else 'one start image'}")
-    embeds = encode_prompts(text_encoder, prompt, negative)
+    check_task(dit, "flf2v" if end is not None else "i2v")
+    check_image("start image", start)
+    if end is not None:
+        check_image("end image", end)
+    render = _preflight(dit, request, prompt, negative, seed, steps, cfg, shift, sampler, render)
+    embeds = encode_prompts(text_encoder, prompt, negative, interrupt=interrupt)
     image = image_conditioning(vae, clip, start, width, height, frames, end=end)
     raw = sample(dit, embeds.positive, embeds.negative, request=request, seed=seed, steps=steps, cfg=cfg,
                  shift=shift, sampler=sampler, clip_fea=image.clip_fea, y=image.y, render=render,
                  callback=callback, interrupt=interrupt)
-    return vae.decode(raw)
+    return vae.decode(raw, interrupt=interrupt)
+
+
+TASK_NEEDS = {"t2v": "a prompt", "i2v": "one start image", "flf2v": "a start and an end image"}
+
+
+def check_task(dit_or_config, task: str) -> None:
+    """Raise :class:`InputError` unless the DiT (or its config) is made for ``task`` ("t2v", "i2v", "flf2v")."""
+    kind = getattr(dit_or_config, "config", dit_or_config).model_type
+    if kind != task:
+        raise InputError(f"this is an {kind} model, which takes {TASK_NEEDS[kind]}; a {task} render needs "
+                         f"{TASK_NEEDS[task]} and an {task} checkpoint: load one (or give this model "
+                         f"{TASK_NEEDS[kind]})")
+
+
+def _preflight(dit: WanDiT, request: SampleRequest, prompt, negative, seed, steps, cfg, shift, sampler,
+               render: RenderContext | None) -> RenderContext:
+    """Everything about a render that can be checked before the text encoder runs."""
+    for name, text in (("prompt", prompt), ("negative prompt", negative)):
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"the {name} must be text, got {type(text).__name__}")
+    render = render or RenderContext()
+    check_render(dit.config, request.latent_shape(), seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler,
+                 device=render.device_for(dit), compute_dtype=render.dtype_for(dit))
+    return render

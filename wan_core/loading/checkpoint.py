@@ -93,6 +93,11 @@ def require_kind(path, keys, expected: str) -> None:
     raise CheckpointError(f"{path} is {got}, not {want}; load it with {loader}")
 
 
+def inspect_kind(path: str | os.PathLike, expected: str) -> None:
+    """Check that ``path`` is a readable checkpoint of the ``expected`` kind without reading any weight."""
+    require_kind(path, open_state_dict(path).keys(), expected)
+
+
 def check_keys(path, expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise one :class:`CheckpointError` listing missing, unexpected and mis-shaped keys, if any."""
     missing = sorted(set(expected) - set(found))

@@ -21,6 +21,7 @@ from ..models.layers import CastLinear, LinearFactory
 from ..runtime.placement import resolve_placement
 from .checkpoint import (
     SCALE_SUFFIXES,
+    SCALED_FP8_MARKER,
     attach_fp8_scales,
     check_keys,
     open_state_dict,
@@ -100,6 +101,18 @@ def to_official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     if "scale_shift_table" in state or any(".attn1.to_q." in k for k in state):
         state = diffusers_to_official(state)
     return state
+
+
+def inspect_dit(path: str | os.PathLike) -> DiTConfig:
+    """The config of the DiT in ``path`` from its names and shapes alone (no weight is read or built).
+
+    Raises :class:`CheckpointError` for a file of another kind, a damaged header or missing blocks.
+    """
+    state = open_state_dict(path)
+    require_kind(path, state.keys(), "dit")
+    state = to_official_layout(state)
+    shapes = {k: v.shape for k, v in state.items() if not k.endswith(SCALE_SUFFIXES) and k != SCALED_FP8_MARKER}
+    return detect(shapes, str(path))
 
 
 def load_dit(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None = None,

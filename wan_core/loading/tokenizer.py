@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..constants import TEXT_LEN
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,16 @@ def clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def _check_encodable(row: int, text: str) -> None:
+    """Raise :class:`InputError` naming the first character that is not valid Unicode text (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(f"prompt {row} has a character that is not valid text at position {err.start} "
+                         f"({text[err.start]!r}, a lone UTF-16 surrogate from a bad copy-paste); delete it and "
+                         "retype that part") from None
+
+
 class Tokenizer:
     """Text -> ids: SentencePiece pieces plus the end token, truncated to ``max_length``."""
 
@@ -48,6 +58,7 @@ class Tokenizer:
         ids = torch.full((len(texts), self.max_length), PAD_ID, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, text in enumerate(texts):
+            _check_encodable(row, text)
             pieces = self._encode(clean_text(text))
             if len(pieces) + 1 > self.max_length:
                 log.warning("prompt %d has %d tokens; only the first %d are used: %r...", row, len(pieces) + 1,

@@ -11,12 +11,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..constants import CLIP_DIM, CLIP_TOKENS, LATENT_CHANNELS, PATCH_SIZE, TEXT_DIM, TEXT_LEN
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 HEAD_DIM = 128
 """Every Wan2.1 DiT uses attention heads of 128 channels: heads = dim // 128."""
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v")
+
+MAX_ROPE_POSITIONS = 1024
+"""Rows of the rotary tables: the longest frame, height or width token axis a DiT supports."""
+
+KNOWN_DEPTHS = {1536: 30, 5120: 40}
+"""Blocks of the released Wan2.1 DiTs by width (1.3B: 30, 14B: 40); other widths are custom or test models."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,21 @@ class DiTConfig:
     def clip_tokens(self) -> int:
         """CLIP tokens the model takes per sample: 257 (i2v) or 514 (flf2v: start and end image)."""
         return CLIP_TOKENS * (2 if self.model_type == "flf2v" else 1)
+
+    def tokens(self, latent_shape) -> int:
+        """Video tokens of a ``[B, C, F', h, w]`` latent after patching."""
+        pt, ph, pw = self.patch_size
+        return (latent_shape[2] // pt) * (latent_shape[3] // ph) * (latent_shape[4] // pw)
+
+    def check_latent_shape(self, latent_shape) -> None:
+        """Raise :class:`InputError` unless a ``[B, C, F', h, w]`` latent can be patched and position-encoded."""
+        pt, ph, pw = self.patch_size
+        _, _, f, h, w = latent_shape
+        grid = (f // pt, h // ph, w // pw)
+        if f % pt or h % ph or w % pw or min(grid) < 1 or max(grid) > MAX_ROPE_POSITIONS:
+            raise InputError(f"latent size {(f, h, w)} (frames, height, width) must be whole patches of "
+                             f"{self.patch_size} with at most {MAX_ROPE_POSITIONS} patches per axis: at most "
+                             f"{(MAX_ROPE_POSITIONS - 1) * 4 + 1} frames and {MAX_ROPE_POSITIONS * 16} pixels a side")
 
     @property
     def label(self) -> str:
@@ -114,6 +135,10 @@ def detect(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> D
         raise CheckpointError(f"{path}: transformer blocks {missing} are missing (found {len(layers)} blocks)")
     if dim % HEAD_DIM:
         raise CheckpointError(f"{path}: width {dim} is not a multiple of {HEAD_DIM}; not a Wan2.1 DiT")
+    if dim in KNOWN_DEPTHS and len(layers) != KNOWN_DEPTHS[dim]:
+        raise CheckpointError(f"{path}: a Wan2.1 DiT of width {dim} has {KNOWN_DEPTHS[dim]} transformer blocks, "
+                              f"this file has {len(layers)}; it is incomplete or "
+                              "altered, fetch the file again")
     clip_dim = _shape(shapes, "img_emb.proj.0.weight", path)[0] if model_type != "t2v" else CLIP_DIM
     return DiTConfig(model_type=model_type, dim=dim, ffn_dim=ffn_dim, num_layers=len(layers),
                      in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,

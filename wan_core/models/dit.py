@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import InputError
 from ..runtime.attention import AttentionFn
 from ..runtime.context import RenderContext
-from .config import DiTConfig
+from .config import MAX_ROPE_POSITIONS, DiTConfig
 from .layers import (
     CastLinear,
     FP32LayerNorm,
@@ -29,9 +29,6 @@ from .layers import (
     rope_tables,
     sinusoidal_embedding,
 )
-
-MAX_ROPE_POSITIONS = 1024
-"""Rows of the rotary tables: the longest frame, height or width token axis supported."""
 
 IMAGE_NORM_EPS = 1e-5
 """The CLIP-token projection uses LayerNorm's default epsilon, not the DiT's 1e-6."""
@@ -298,9 +295,5 @@ class WanDiT(nn.Module):
         noise_channels = cfg.in_dim - (y.shape[1] if y is not None else 0)
         if x.shape[1] != noise_channels:
             raise InputError(f"x has {x.shape[1]} channels; this model expects {cfg.in_dim} with y included")
-        pt, ph, pw = cfg.patch_size
-        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
-        if x.shape[3] % ph or x.shape[4] % pw or max(grid) > MAX_ROPE_POSITIONS:
-            raise InputError(f"latent size {tuple(x.shape[2:])} must have even height and width and at most "
-                             f"{MAX_ROPE_POSITIONS} patches per axis")
+        cfg.check_latent_shape(x.shape)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..runtime.runners import BlockRunner, ResidentRunner
+from ..runtime.runners import BlockRunner, InterruptibleRunner, ResidentRunner
 from .layers import CastLinear, LinearFactory
 
 
@@ -178,11 +178,15 @@ class TextEncoder:
         return self
 
     @torch.no_grad()
-    def encode(self, texts: list[str], runner: BlockRunner | None = None) -> torch.Tensor:
-        """Prompts -> ``[B, 512, dim]`` float32; ``runner`` executes the encoder's block loop (default: resident)."""
+    def encode(self, texts: list[str], runner: BlockRunner | None = None,
+               interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Prompts -> ``[B, 512, dim]`` float32; ``runner`` executes the encoder's block loop (default: resident;
+        with ``interrupt``, one that stops between layers when it returns True)."""
         if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
             raise InputError(f"encode takes a non-empty list of prompt strings, got {texts!r}")
         ids, mask = self.tokenizer(texts)
+        if runner is None and interrupt is not None:
+            runner = InterruptibleRunner(interrupt, "text encoding")
         # Positions after the longest prompt are padding: their keys are masked out and their outputs
         # zeroed, and the position bias depends only on distances, so they need no compute at all.
         used = int(mask.sum(1).max())

@@ -9,6 +9,7 @@ result equals a single pass over the whole clip. Module attributes mirror the of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import LATENT_CHANNELS, VAE_STRIDE, check_frame_count, latent_frames, video_frames
-from ..errors import InputError
+from ..errors import CheckpointError, InputError, RenderError, RenderInterrupted
+from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 
 FIRST_CHUNK = 1
 """Frames in the first encode chunk: the first frame is encoded alone (its own latent frame)."""
@@ -294,6 +296,7 @@ def check_video(video: torch.Tensor, multiple: int = VAE_STRIDE[1]) -> None:
         raise InputError(f"video must be [B, 3, frames, height, width], got shape {tuple(video.shape)}; "
                          "ComfyUI IMAGE batches convert with wan_core.images_to_video")
     check_frame_count(int(video.shape[2]))
+    check_finite("the video frames", video, "an image node before this one produced invalid values")
     for name, size in (("height", video.shape[3]), ("width", video.shape[4])):
         if size % multiple:
             raise InputError(f"video {name} {size} is not a multiple of {multiple}; "
@@ -304,9 +307,16 @@ def check_video(video: torch.Tensor, multiple: int = VAE_STRIDE[1]) -> None:
                          "map 0..1 images with x * 2 - 1")
 
 
+def _stop_if(interrupt: Callable[[], bool] | None, what: str, i: int, n: int) -> None:
+    if interrupt is not None and interrupt():
+        raise RenderInterrupted(f"{what} interrupted before chunk {i + 1} of {n}")
+
+
 def check_latents(z: torch.Tensor, z_dim: int) -> None:
-    if z.dim() != 5 or z.shape[1] != z_dim:
-        raise InputError(f"latents must be [B, {z_dim}, F', H/8, W/8], got shape {tuple(z.shape)}")
+    if z.dim() != 5 or z.shape[1] != z_dim or min(z.shape) < 1:
+        raise InputError(f"latents must be [B, {z_dim}, F', H/8, W/8] with every size at least 1, "
+                         f"got shape {tuple(z.shape)}")
+    check_finite("the LATENT", z, "it comes from a damaged file or a node that failed; re-encode it")
 
 
 class WanVAE(nn.Module):
@@ -327,7 +337,8 @@ class WanVAE(nn.Module):
         self.decoder = Decoder3d(config)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Video ``[B, 3, 4n+1, H, W]`` in [-1, 1] -> RAW latents; ``interrupt()`` is asked between chunks."""
         check_video(video)
         x = _channels_last(video.to(device=self._device(), dtype=self.compute_dtype))
         b, _, frames, h, w = x.shape
@@ -336,15 +347,18 @@ class WanVAE(nn.Module):
                           dtype=torch.float32, device=x.device)
         cache = CausalCache()
         for i in range(n):
+            _stop_if(interrupt, "VAE encode", i, n)
             start = 0 if i == 0 else FIRST_CHUNK + CHUNK * (i - 1)
             stop = FIRST_CHUNK + CHUNK * i
             moments = self.conv1(self.encoder(x[:, :, start:stop], cache))
             out[:, :, i:i + 1] = moments[:, : self.config.z_dim].float()
-        return out
+        return self._checked(out, "encode")
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, chunk: int = 1, cache: CausalCache | None = None) -> torch.Tensor:
-        """``cache``: an empty :class:`CausalCache` to use (lets a caller inspect it); default a new one."""
+    def decode(self, z: torch.Tensor, chunk: int = 1, cache: CausalCache | None = None,
+               interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+        """RAW latents -> video in [-1, 1]. ``cache``: an empty :class:`CausalCache` to use (lets a caller
+        inspect it), default a new one; ``interrupt()`` is asked between chunks."""
         check_latents(z, self.config.z_dim)
         if chunk < 1:
             raise InputError(f"chunk must be at least 1 latent frame, got {chunk}")
@@ -354,11 +368,23 @@ class WanVAE(nn.Module):
         out = torch.empty(b, 3, frames, h * VAE_STRIDE[1], w * VAE_STRIDE[2], dtype=torch.float32, device=x.device)
         cache = CausalCache() if cache is None else cache
         bounds = [0, 1, *range(1 + chunk, n, chunk), n] if n > 1 else [0, 1]
-        for start, stop in zip(bounds[:-1], bounds[1:]):
+        for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            _stop_if(interrupt, "VAE decode", i, len(bounds) - 1)
             piece = self.decoder(x[:, :, start:stop], cache)  # 1 frame for the first chunk, 4 per latent after
             first = 0 if start == 0 else video_frames(start)
-            out[:, :, first:first + piece.shape[2]] = piece.float().clamp_(-1, 1)
-        return out
+            out[:, :, first:first + piece.shape[2]] = piece.float()
+        return self._checked(out, "decode").clamp_(-1, 1)
+
+    def _checked(self, out: torch.Tensor, what: str) -> torch.Tensor:
+        """``out`` if finite; else a :class:`CheckpointError` naming damaged weights, or a :class:`RenderError`."""
+        if is_finite(out):
+            return out
+        weights = nonfinite_parameters(self)
+        if weights:
+            raise CheckpointError(f"the VAE's weights hold NaN/Inf ({', '.join(weights)}): the file is damaged; "
+                                  "fetch it again")
+        raise RenderError(f"the VAE {what} produced NaN/Inf from finite inputs (compute dtype {self.compute_dtype});"
+                          " use fp32 or bf16 for the VAE")
 
     def _device(self) -> torch.device:
         return self.conv2.weight.device

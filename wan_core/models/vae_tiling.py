@@ -9,12 +9,13 @@ the VAE's middle attention sees the whole frame, and each tile sees only its own
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from ..constants import VAE_STRIDE, latent_frames, video_frames
 from ..errors import InputError
-from .vae import WanVAE, check_video
+from .vae import WanVAE, check_latents, check_video
 
 DECODE_ACTIVATION_FACTOR = 12
 """Live full-resolution activations during a decode chunk, in units of (base width x 4 frames x
@@ -67,7 +68,7 @@ def _edge_ramp(length: int, before: int, after: int) -> torch.Tensor:
 
 
 def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, in_scale: int, out_scale: int,
-           out_channels: int, out_frames: int) -> torch.Tensor:
+           out_channels: int, out_frames: int, interrupt: Callable[[], bool] | None) -> torch.Tensor:
     """Run ``fn`` on overlapping spatial tiles of ``x`` and blend the results.
 
     ``tile`` / ``overlap`` are in latent cells; ``in_scale`` / ``out_scale`` convert latent cells
@@ -86,21 +87,26 @@ def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, in_scale: int, out_scal
             piece = x[..., r * in_scale:(r + th) * in_scale, c * in_scale:(c + tw) * in_scale]
             weight = wr[:, None] * wc[None, :]
             ys, xs = slice(r * out_scale, (r + th) * out_scale), slice(c * out_scale, (c + tw) * out_scale)
-            out[..., ys, xs] += fn(piece).float().cpu() * weight
+            out[..., ys, xs] += fn(piece, interrupt=interrupt).float().cpu() * weight
             total[ys, xs] += weight
     return out / total
 
 
-def decode_tiled(vae: WanVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8) -> torch.Tensor:
+def decode_tiled(vae: WanVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8,
+                 interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
     """RAW latents ``[B, 16, F', h, w]`` -> video ``[B, 3, F, 8h, 8w]``, decoding ``tile`` x ``tile``
-    latent cells at a time (``overlap`` cells shared between neighbours)."""
-    return _tiled(vae.decode, z, tile, overlap, 1, VAE_STRIDE[1], 3, video_frames(z.shape[2]))
+    latent cells at a time (``overlap`` cells shared between neighbours); ``interrupt()`` is asked
+    between chunks of every tile."""
+    check_latents(z, vae.config.z_dim)  # the whole latent, before any tile is decoded
+    return _tiled(vae.decode, z, tile, overlap, 1, VAE_STRIDE[1], 3, video_frames(z.shape[2]), interrupt)
 
 
-def encode_tiled(vae: WanVAE, video: torch.Tensor, tile: int = 32, overlap: int = 8) -> torch.Tensor:
+def encode_tiled(vae: WanVAE, video: torch.Tensor, tile: int = 32, overlap: int = 8,
+                 interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
     """Video ``[B, 3, F, H, W]`` -> RAW latents, encoding ``tile`` x ``tile`` latent cells (8x pixels) at a time."""
     check_video(video)  # the whole clip, before any tile is encoded
-    return _tiled(vae.encode, video, tile, overlap, VAE_STRIDE[1], 1, vae.config.z_dim, latent_frames(video.shape[2]))
+    return _tiled(vae.encode, video, tile, overlap, VAE_STRIDE[1], 1, vae.config.z_dim, latent_frames(video.shape[2]),
+                  interrupt)
 
 
 def decode_bytes(vae: WanVAE, tile_h: int, tile_w: int, dtype: torch.dtype = torch.float32) -> int:

@@ -4,8 +4,9 @@ from .attention import AttentionBackend, attention_backends, get_attention, regi
 from .context import RenderContext
 from .patches import WeightDelta, WeightPatch, patched_view
 from .placement import DTYPES, Placement, default_compute_dtype, parse_dtype, resolve_placement
-from .runners import BlockRunner, ResidentRunner
+from .runners import BlockRunner, InterruptibleRunner, ResidentRunner
 
 __all__ = ["AttentionBackend", "attention_backends", "get_attention", "register_backend", "sdpa_attention",
            "RenderContext", "WeightDelta", "WeightPatch", "patched_view", "DTYPES", "Placement",
-           "default_compute_dtype", "parse_dtype", "resolve_placement", "BlockRunner", "ResidentRunner"]
+           "default_compute_dtype", "parse_dtype", "resolve_placement", "BlockRunner", "InterruptibleRunner",
+           "ResidentRunner"]

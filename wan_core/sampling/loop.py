@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constants import LATENT_CHANNELS, VAE_STRIDE, check_frame_count, check_pixel_size, latent_frames
-from ..errors import InputError, RenderInterrupted
+from ..constants import LATENT_CHANNELS, VAE_STRIDE, video_frames
+from ..errors import CheckpointError, InputError, RenderError, RenderInterrupted, WanCoreError
 from ..latents import denormalize_latents, normalize_latents
 from ..runtime.context import RenderContext
+from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
+from ..runtime.memory import check_fits, dit_activation_bytes
+from .request import SampleRequest, check_number, check_settings
 from .schedules import UNIPC_SIGMA_MAX, Schedule, flow_schedule
 from .solvers import Denoise, dpmpp_2m, euler, unipc
 
@@ -73,26 +76,60 @@ def build_schedule(sampler: str, steps: int, shift: float, denoise: float) -> Sc
     """The schedule for ``steps`` steps; with ``denoise < 1`` the last ``steps`` of ``round(steps / denoise)``."""
     if sampler not in SAMPLERS:
         raise InputError(f"sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
-    if not 0.0 < denoise <= 1.0:
-        raise InputError(f"denoise must be in (0, 1], got {denoise!r}; 1.0 renders from pure noise")
+    check_number("denoise", denoise, 0.0, 1.0, low_open=True, fix="1.0 renders from pure noise")
     total = max(steps, int(round(steps / denoise)))
     return flow_schedule(total, shift, SAMPLERS[sampler].sigma_max).tail(steps)
 
 
-@dataclass(frozen=True)
-class SampleRequest:
-    """What to render: latent shape from width/height/frames, or from a start latent (video-to-video)."""
+def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps: int = 50, cfg: float = 5.0,
+                 shift: float = 5.0, sampler: str = "unipc", denoise: float = 1.0, negative: bool = True,
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32) -> Schedule:
+    """Every check of a render that needs no tensor: settings, schedule, latent size, and memory.
 
-    width: int = 832
-    height: int = 480
-    frames: int = 81
-    batch: int = 1
+    config: the DiT's config (None for a stand-in model: no size or memory check); latent_shape:
+    ``(B, 16, F', h, w)``. The activation estimate is checked against ``device``'s free memory
+    (the system's available RAM on CPU) before anything is allocated. Returns the schedule.
+    """
+    check_settings(seed, steps, cfg, shift, denoise)
+    schedule = build_schedule(sampler, steps, shift, denoise)
+    if len(latent_shape) != 5 or latent_shape[1] != LATENT_CHANNELS or min(latent_shape) < 1:
+        raise InputError(f"latent must be [B, {LATENT_CHANNELS}, F', H/8, W/8] with every size at least 1, "
+                         f"got {tuple(latent_shape)}")
+    if config is not None:
+        config.check_latent_shape(latent_shape)
+        batch = latent_shape[0] * (2 if negative and cfg != 1.0 else 1)  # CFG runs both halves as one batch
+        needed = dit_activation_bytes(config.dim, config.ffn_dim, config.tokens(latent_shape), batch, compute_dtype)
+        _, _, f, h, w = latent_shape
+        check_fits(needed, torch.device(device), f"a {video_frames(f)}-frame {w * VAE_STRIDE[2]}x{h * VAE_STRIDE[1]} "
+                   f"render (batch {batch})", "render fewer frames or a smaller size, use cfg 1 (half the batch), "
+                   "or use a device with more memory")
+    return schedule
 
-    def latent_shape(self) -> tuple[int, ...]:
-        check_frame_count(self.frames)
-        check_pixel_size(self.width, self.height)
-        return (self.batch, LATENT_CHANNELS, latent_frames(self.frames),
-                self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2])
+
+def check_tensors(model, context, negative, latent, clip_fea, y, shape) -> None:
+    """A render's tensors against the model's kind, each other and NaN / Inf (before any is moved or used)."""
+    if hasattr(model, "check_conditioning"):  # a WanDiT: wrong kind of conditioning fails before any work
+        model.check_conditioning(context, clip_fea, y)
+    fix = "the node or file that made it produced invalid values; re-encode it"
+    check_finite("the prompt embedding", context, fix)
+    check_finite("the negative prompt embedding", negative, fix)
+    check_finite("the start LATENT", latent, "it comes from a damaged file or a node that failed; re-encode it")
+    check_finite("the image conditioning (clip_fea)", clip_fea, fix)
+    check_finite("the image conditioning (y)", y, fix)
+    if y is not None and tuple(y.shape[2:]) != tuple(shape[2:]):
+        _, _, f, h, w = y.shape
+        raise InputError(f"the image conditioning was built for {video_frames(f)} frames at {w * VAE_STRIDE[2]}x"
+                         f"{h * VAE_STRIDE[1]}, the LATENT is {video_frames(shape[2])} frames at "
+                         f"{shape[4] * VAE_STRIDE[2]}x{shape[3] * VAE_STRIDE[1]}; build both at the same size")
+
+
+def _broadcast(name: str, tensor: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """One item of conditioning for a batch of latents; or one per latent."""
+    if tensor is None or tensor.shape[0] == batch:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    raise InputError(f"{tensor.shape[0]} {name}(s) for a batch of {batch} latents; use one for all or one per latent")
 
 
 def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *, request: SampleRequest = None,
@@ -108,26 +145,27 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     None: the defaults (compute where the model's weights are). The model itself is never changed.
     context / negative: ``[B, L<=512, 4096]`` text states. latent: RAW ``[B, 16, F', H/8, W/8]``
     start latents (video-to-video; required when ``denoise < 1``, and its shape wins over
-    ``request``). callback(step, total, x0_pred) runs after each step; ``interrupt()`` returning
-    True stops the render between steps with :class:`RenderInterrupted`.
+    ``request``). One prompt or one image conditioning serves a whole batch of latents.
+    callback(step, total, x0_pred) runs after each step; ``interrupt()`` returning True stops the
+    render between steps with :class:`RenderInterrupted`. Everything is checked before the noise
+    is drawn; NaN / Inf appearing during sampling stops the render with a :class:`RenderError`.
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
-    schedule = build_schedule(sampler, steps, shift, denoise)
+    render = render or RenderContext()
+    check_settings(seed, steps, cfg, shift, denoise)
+    is_module = isinstance(model, torch.nn.Module)
+    device = render.device_for(model) if is_module else render.device or context.device
     if latent is None and denoise < 1.0:
         raise InputError(f"denoise {denoise} < 1 needs a start latent (connect a LATENT from VAE encode)")
     shape = tuple(latent.shape) if latent is not None else (request or SampleRequest()).latent_shape()
-    if len(shape) != 5 or shape[1] != LATENT_CHANNELS:
-        raise InputError(f"latent must be [B, {LATENT_CHANNELS}, F', H/8, W/8], got {shape}")
-    if hasattr(model, "check_conditioning"):  # a WanDiT: wrong kind of conditioning fails before any work
-        model.check_conditioning(context, clip_fea, y)
-    if context.shape[0] == 1 and shape[0] > 1:  # one prompt for a batch of start latents
-        context = context.expand(shape[0], -1, -1)
-        negative = None if negative is None else negative.expand(shape[0], -1, -1)
-    if context.shape[0] != shape[0]:
-        raise InputError(f"{context.shape[0]} prompt(s) for a batch of {shape[0]} latents; use one prompt or "
-                         "one per latent")
-    render = render or RenderContext()
-    device = render.device_for(model) if isinstance(model, torch.nn.Module) else render.device or context.device
+    config = getattr(model, "config", None)
+    schedule = check_render(config, shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler,
+                            denoise=denoise, negative=negative is not None, device=device,
+                            compute_dtype=render.dtype_for(model) if is_module else torch.float32)
+    check_tensors(model, context, negative, latent, clip_fea, y, shape)
+    context, negative = _broadcast("prompt", context, shape[0]), _broadcast("negative prompt", negative, shape[0])
+    clip_fea, y = _broadcast("image conditioning", clip_fea, shape[0]), _broadcast("image conditioning", y, shape[0])
+
     x = make_noise(shape, seed).to(device)
     if latent is not None and denoise < 1.0:
         s0 = schedule.sigmas[0].item()
@@ -137,6 +175,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     fn = cfg_denoiser(model, context.to(device), None if negative is None else negative.to(device), cfg, **moved)
 
     def on_step(i: int, x_i: torch.Tensor, x0: torch.Tensor) -> None:
+        if not is_finite(x_i):
+            raise _nonfinite_error(model, i, schedule.steps, render)
         if callback:
             callback(i, schedule.steps, x0)
         if interrupt is not None and interrupt() and i + 1 < schedule.steps:
@@ -146,3 +186,14 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     with torch.no_grad():
         out = SAMPLERS[sampler].solve(fn, x, schedule, on_step)
     return denormalize_latents(out)
+
+
+def _nonfinite_error(model, step: int, steps: int, render: RenderContext) -> WanCoreError:
+    """Why a render went NaN / Inf at ``step``: a damaged weight (named), or an overflow of the compute dtype."""
+    weights = nonfinite_parameters(model) if isinstance(model, torch.nn.Module) else []
+    if weights:
+        return CheckpointError(f"the model's weights hold NaN/Inf ({', '.join(weights)}): the checkpoint file is "
+                               "damaged; fetch it again")
+    dtype = render.dtype_for(model) if isinstance(model, torch.nn.Module) else None
+    return RenderError(f"the render produced NaN/Inf values at step {step + 1} of {steps} with valid inputs and "
+                       f"weights (compute dtype {dtype}); use bf16 or fp32 compute, a lower cfg, or other LoRAs")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
+from fractions import Fraction
 
 from ..errors import InputError
 
@@ -48,6 +50,25 @@ def video_format(fmt: str | VideoFormat) -> VideoFormat:
     except ValueError:
         raise InputError(f"video format {fmt!r} is unknown; choose one of "
                          f"{', '.join(f.value for f in VideoFormat)}") from None
+
+
+GIF_MIN_DELAY = 2
+"""GIF frame delays are whole centiseconds, and browsers play delays under 2 cs as 10 cs: at most 50 fps."""
+
+
+def check_fps(fps, fmt: str | VideoFormat = VideoFormat.MP4) -> Fraction:
+    """``fps`` as an exact rate if it is a finite positive number that ``fmt`` can store."""
+    try:
+        rate = Fraction(fps).limit_denominator(1001 * 1000) if math.isfinite(fps) else Fraction(0)
+    except (TypeError, ValueError):
+        rate = Fraction(0)
+    if rate <= 0:
+        raise InputError(f"fps must be a finite positive number, got {fps!r} (Wan2.1 renders at 16)")
+    if video_format(fmt) is VideoFormat.GIF and (round(100 / rate) < GIF_MIN_DELAY or round(100 / rate) > 65535):
+        raise InputError(f"a GIF cannot play {float(rate):g} fps: its frame delays are whole centiseconds and "
+                         f"players show delays under {GIF_MIN_DELAY} cs as 10 cs; use at most "
+                         f"{100 // GIF_MIN_DELAY} fps, or mp4 / webm")
+    return rate
 
 
 def extension(fmt: str | VideoFormat) -> str:

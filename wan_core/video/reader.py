@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
@@ -34,6 +35,17 @@ def read_video(path: str | os.PathLike, start: int = 0, max_frames: int | None =
     return Clip(torch.from_numpy(np.stack(frames)), fps, read_metadata(path))
 
 
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file (png, jpg, webp, ... or a video's first frame) as ComfyUI IMAGE ``[1, H, W, 3]`` in 0..1."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file {path} does not exist; check the path")
+    try:
+        return read_video(path, max_frames=1).images()
+    except InputError as err:
+        raise InputError(f"{path} is not a readable image; use a png, jpg or webp file ({err})") from err
+
+
 def _check_read_args(start, max_frames, stride, size) -> None:
     if start < 0 or stride < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"need start >= 0, stride >= 1 and max_frames >= 1 (or None); "
@@ -52,16 +64,25 @@ def _container_frames(path: Path, start, max_frames, stride, size) -> Iterable[n
             raise InputError(f"{path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        taken = 0
-        for index, frame in enumerate(container.decode(stream)):
-            if not _wanted(index, start, stride):
-                continue
-            if size is not None:
-                frame = frame.reformat(width=size[0], height=size[1])
-            yield frame.to_ndarray(format="rgb24")
-            taken += 1
-            if max_frames is not None and taken >= max_frames:
-                return
+        declared = stream.frames  # 0 when the container does not say
+        taken = decoded = 0
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
+                if not _wanted(index, start, stride):
+                    continue
+                if size is not None:
+                    frame = frame.reformat(width=size[0], height=size[1])
+                yield frame.to_ndarray(format="rgb24")
+                taken += 1
+                if max_frames is not None and taken >= max_frames:
+                    return
+        except av.error.FFmpegError as err:
+            raise InputError(f"{path} could not be decoded after frame {decoded} ({err}); the file is damaged, "
+                             "re-export it") from err
+        if declared and decoded < declared:
+            raise InputError(f"{path} declares {declared} frames but only {decoded} could be decoded: the file is "
+                             "truncated or damaged; re-export it")
 
 
 def _png_frames(folder: Path, start, max_frames, stride, size) -> Iterable[np.ndarray]:

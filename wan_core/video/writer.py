@@ -6,24 +6,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-from ..errors import InputError
-from .formats import FORMAT_SPECS, FormatSpec, VideoFormat, video_format
+from ..errors import RenderInterrupted
+from .formats import FORMAT_SPECS, FormatSpec, VideoFormat, check_fps, video_format
 from .frames import as_uint8, check_frames, pad_even
 from .metadata import with_text_chunks
-from .paths import place_new, temporary_path
+from .paths import check_file_name, place_new, remove_stale_partials, temporary_path
 
 log = logging.getLogger(__name__)
 
 
 def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt: str | VideoFormat = "mp4",
-                quality: int | None = None, metadata: dict[str, str] | None = None) -> Path:
+                quality: int | None = None, metadata: dict[str, str] | None = None,
+                interrupt: Callable[[], bool] | None = None) -> Path:
     """Encode ``frames`` (``[F, H, W, 3]`` uint8 or float 0..1, tensor or array) to ``path``.
 
     Frames are converted and encoded one at a time. ``quality`` is the CRF for mp4 / mp4-h265 /
@@ -34,18 +35,23 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     ``metadata`` (e.g. ``prompt`` / ``workflow`` JSON) goes into the container tags
     (mp4 / mov / webm) or PNG text chunks of the first image; gif cannot hold it.
     The file is written under a temporary name in the same folder and renamed when complete; on
-    any error or interrupt the temporary file is removed. An existing file is never replaced:
-    the name gets a ``-N`` suffix instead. Returns the path written (a folder for png).
+    any error or interrupt the temporary file is removed (``interrupt()`` is asked between frames),
+    and temporary files that killed writers left in the folder are removed first. An existing file
+    is never replaced: the name gets a ``-N`` suffix instead. Returns the path written (a folder for png).
     """
     fmt = video_format(fmt)
     spec = FORMAT_SPECS[fmt]
     count, height, width = check_frames(frames)
-    rate = _rate(fps)
+    rate = check_fps(fps, fmt)
     final = Path(path)
     if spec.extension and final.suffix.lower() != spec.extension:
         final = final.with_name(final.name + spec.extension)
+    check_file_name(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_partials(final.parent):
+        log.info("removed %s, left by a writer that was killed", stale)
     temp = temporary_path(final)
+    frames = _interruptible(frames, interrupt, count)
     try:
         if fmt is VideoFormat.PNG:
             _write_png_sequence(frames, temp, {**(metadata or {}), "fps": str(rate)})
@@ -59,14 +65,18 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     return written
 
 
-def _rate(fps) -> Fraction:
-    try:
-        rate = Fraction(fps).limit_denominator(1001 * 1000)
-    except (TypeError, ValueError):
-        rate = Fraction(0)
-    if rate <= 0:
-        raise InputError(f"fps must be a positive number, got {fps!r}")
-    return rate
+def _interruptible(frames, interrupt: Callable[[], bool] | None, count: int):
+    """``frames``, asking ``interrupt()`` before each one."""
+    if interrupt is None:
+        return frames
+
+    def checked():
+        for i, frame in enumerate(frames):
+            if interrupt():
+                raise RenderInterrupted(f"video writing interrupted at frame {i + 1} of {count}; nothing was kept")
+            yield frame
+
+    return checked()
 
 
 def _write_container(frames, path: Path, spec: FormatSpec, rate: Fraction, quality, metadata, size) -> None:
