@@ -26,7 +26,7 @@ class WanCoreSampler:
                                "tooltip": "Pixels, a multiple of 16."}),
             "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
                                "tooltip": "4n+1 frames (81 = 5 s at 16 fps). Time and memory grow with it."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
                              "tooltip": "Noise seed; noise is drawn on the CPU, so a seed renders the same anywhere."}),
             "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": "Denoising steps (official: 50 for "
                               "t2v, 40 for i2v). Fewer is faster and softer."}),

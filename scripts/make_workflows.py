@@ -43,12 +43,22 @@ def _sockets(cls):
         for name, (kind, *_rest) in spec.get(section, {}).items():
             options = _rest[0] if _rest else {}
             if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
-                widgets.append(name)
+                widgets.append((name, options.get("default", kind[0] if isinstance(kind, list) and kind else None)))
                 if options.get("control_after_generate"):
-                    widgets.append(None)  # the frontend's "control after generate" value
+                    widgets.append((None, "fixed"))  # the frontend's "control after generate" value
             else:
                 inputs.append((name, kind, section == "optional"))
     return inputs, widgets
+
+
+def _widget_value(node: dict, name: str | None, default):
+    """The node's value for a widget, else the widget's own default; a widget with neither is an error."""
+    if name is None:
+        return default
+    value = node["widgets"].get(name, default)
+    if value is None:
+        raise ValueError(f"node {node['id']} ({node['type']}): widget {name!r} needs a value")
+    return value
 
 
 def build(nodes: list[dict], classes) -> dict:
@@ -63,7 +73,8 @@ def build(nodes: list[dict], classes) -> dict:
         kind = node["type"]
         if kind in NATIVE:
             spec = NATIVE[kind]
-            inputs, widget_names = [(n, t, False) for n, t in spec["inputs"]], spec["widgets"]
+            inputs = [(n, t, False) for n, t in spec["inputs"]]
+            widget_names = [(w, "image" if w == "upload" else None) for w in spec["widgets"]]  # upload: its value
             outputs = spec["outputs"]
         else:
             cls = classes[kind]
@@ -76,9 +87,7 @@ def build(nodes: list[dict], classes) -> dict:
                 for link in incoming:
                     link[4], link[5] = len(entry_inputs), socket
                 entry_inputs.append({"name": name, "type": socket, "link": incoming[0][0] if incoming else None})
-        widget_values = [node["widgets"].get(name, "fixed") if name else "fixed" for name in widget_names]
-        if kind == "LoadImage":
-            widget_values[-1] = "image"  # the upload button's value
+        widget_values = [_widget_value(node, name, default) for name, default in widget_names]
         graph_nodes.append({
             "id": node["id"], "type": kind, "pos": list(node["pos"]), "size": [320, 60 + 26 * len(widget_values)],
             "flags": {}, "order": order, "mode": 0, "inputs": entry_inputs,

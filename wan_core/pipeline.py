@@ -62,15 +62,16 @@ def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, st
 
 
 TASK_NEEDS = {"t2v": "a prompt", "i2v": "one start image", "flf2v": "a start and an end image"}
+_ARTICLE = {"t2v": "a", "i2v": "an", "flf2v": "an"}
 
 
 def check_task(dit_or_config, task: str) -> None:
     """Raise :class:`InputError` unless the DiT (or its config) is made for ``task`` ("t2v", "i2v", "flf2v")."""
     kind = getattr(dit_or_config, "config", dit_or_config).model_type
     if kind != task:
-        raise InputError(f"this is an {kind} model, which takes {TASK_NEEDS[kind]}; a {task} render needs "
-                         f"{TASK_NEEDS[task]} and an {task} checkpoint: load one (or give this model "
-                         f"{TASK_NEEDS[kind]})")
+        raise InputError(f"this is {_ARTICLE[kind]} {kind} model, which takes {TASK_NEEDS[kind]}; {_ARTICLE[task]} "
+                         f"{task} render needs {TASK_NEEDS[task]} and {_ARTICLE[task]} {task} checkpoint: load one "
+                         f"(or give this model {TASK_NEEDS[kind]})")
 
 
 def _preflight(dit: WanDiT, request: SampleRequest, prompt, negative, seed, steps, cfg, shift, sampler,

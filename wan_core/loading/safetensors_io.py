@@ -56,24 +56,55 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} has an unreadable safetensors header ({err}); re-download it") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is a {type(header).__name__}, not a table of "
+                              "tensors; the file is damaged, re-download it")
     metadata = header.pop("__metadata__", None) or {}
-    base = 8 + n
-    infos: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        dtype = _DTYPES.get(entry.get("dtype"))
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
-        shape = tuple(entry["shape"])
-        start, end = (base + o for o in entry["data_offsets"])
-        if end - start != math.prod(shape) * dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r} of shape {shape} has {end - start} bytes; "
-                                  "the file is damaged, re-download it")
-        infos[name] = TensorInfo(dtype, shape, start, end)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: the safetensors metadata is not a table of strings; re-download the file")
+    infos = {name: _tensor_info(path, name, entry, 8 + n) for name, entry in header.items()}
+    _check_layout(path, infos, 8 + n, size)
+    return infos, metadata
+
+
+def _tensor_info(path: Path, name: str, entry, base: int) -> TensorInfo:
+    """One header entry, checked: a dict with a known dtype, a shape of non-negative ints, two offsets."""
+    damaged = f"{path}: the header entry of tensor {name!r} is damaged ({{}}); re-download the file"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise CheckpointError(damaged.format("it needs dtype, shape and data_offsets"))
+    dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    if dtype is None:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']!r}")
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(damaged.format(f"shape {shape!r}"))
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
+            or offsets[0] > offsets[1]:
+        raise CheckpointError(damaged.format(f"data_offsets {offsets!r}"))
+    start, end = base + offsets[0], base + offsets[1]
+    if end - start != math.prod(shape) * dtype.itemsize:
+        raise CheckpointError(f"{path}: tensor {name!r} of shape {tuple(shape)} has {end - start} bytes; "
+                              "the file is damaged, re-download it")
+    return TensorInfo(dtype, tuple(shape), start, end)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(path: Path, infos: dict[str, TensorInfo], base: int, size: int) -> None:
+    """Tensor byte ranges must not overlap and must lie inside the file."""
+    previous_end, previous = base, None
+    for name, info in sorted(infos.items(), key=lambda item: (item[1].start, item[1].end)):
+        if info.start < previous_end and info.end > info.start:
+            raise CheckpointError(f"{path}: tensors {previous!r} and {name!r} overlap in the file; it is damaged, "
+                                  "re-download it")
+        if info.end > info.start:
+            previous_end, previous = info.end, name
     needed = max((i.end for i in infos.values()), default=base)
     if needed > size:
         raise CheckpointError(f"{path} is truncated: its header needs {needed} bytes but the file has {size}; "
                               "the download or copy did not finish, fetch the file again")
-    return infos, metadata
 
 
 def load_mmap(path: str | os.PathLike) -> dict[str, torch.Tensor]:

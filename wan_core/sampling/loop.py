@@ -194,6 +194,6 @@ def _nonfinite_error(model, step: int, steps: int, render: RenderContext) -> Wan
     if weights:
         return CheckpointError(f"the model's weights hold NaN/Inf ({', '.join(weights)}): the checkpoint file is "
                                "damaged; fetch it again")
-    dtype = render.dtype_for(model) if isinstance(model, torch.nn.Module) else None
+    dtype = f" (compute dtype {render.dtype_for(model)})" if isinstance(model, torch.nn.Module) else ""
     return RenderError(f"the render produced NaN/Inf values at step {step + 1} of {steps} with valid inputs and "
-                       f"weights (compute dtype {dtype}); use bf16 or fp32 compute, a lower cfg, or other LoRAs")
+                       f"weights{dtype}; use bf16 or fp32 compute, a lower cfg, or other LoRAs")
