@@ -40,7 +40,8 @@ def _pick(models: Path, kind: str, name: str | None) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wan_core", description="Render Wan2.1 videos without ComfyUI.")
+    parser = argparse.ArgumentParser(prog="python -m wan_core", description="Render Wan2.1 videos without ComfyUI.",
+                                     epilog="Run 'python -m wan_core t2v --help' for a task's options and defaults.")
     sub = parser.add_subparsers(dest="task", required=True)
     for task, text in (("t2v", "text to video"), ("i2v", "image to video"), ("flf2v", "first and last frame to video")):
         _add_common(sub.add_parser(task, help=text), task)
@@ -53,9 +54,12 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
         t2v.add_argument("--clip-vision", help="file in clip_vision/ (default: the only one)")
     if task == "flf2v":
         t2v.add_argument("--end-image", required=True, type=Path, help="last frame")
-    t2v.add_argument("--prompt", required=True)
+    t2v.add_argument("--prompt", required=True, help="what the video shows")
     t2v.add_argument("--negative", default=NEGATIVE_PROMPT, help="negative prompt (default: the official one)")
-    t2v.add_argument("--out", required=True, type=Path, help="output file; the extension picks the format")
+    t2v.add_argument("--out", required=True, type=Path,
+                     help="output file; the extension picks the format: .mp4 (H.264), .webm (VP9), .gif, .mov "
+                          "(ProRes 422), or no extension for a folder of PNG frames. An existing file is never "
+                          "replaced (a -N suffix is added)")
     t2v.add_argument("--models", type=Path, default=Path(os.environ.get("WANCORE_MODELS", "models")),
                      help="models folder with diffusion_models/, text_encoders/, vae/ (default $WANCORE_MODELS "
                           "or ./models)")
@@ -64,17 +68,22 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--vae", help="file in vae/ (default: the only one)")
     t2v.add_argument("--demo", action="store_true",
                      help="write and use a tiny random model set (renders noise, in seconds)")
-    t2v.add_argument("--width", type=int)
-    t2v.add_argument("--height", type=int)
-    t2v.add_argument("--frames", type=int, help="4n+1 frames")
-    t2v.add_argument("--steps", type=int)
-    t2v.add_argument("--cfg", type=float, default=5.0)
+    size = "(default: 832x480, 81 frames; 256x160, 17 frames with --demo)"
+    t2v.add_argument("--width", type=int, help=f"pixels, a multiple of 16 {size}")
+    t2v.add_argument("--height", type=int, help="pixels, a multiple of 16")
+    t2v.add_argument("--frames", type=int, help="4n+1 frames (81 = 5 s at 16 fps)")
+    t2v.add_argument("--steps", type=int, help="denoising steps (default: 50 t2v, 40 i2v / flf2v, 8 with --demo)")
+    t2v.add_argument("--cfg", type=float, default=5.0,
+                     help="prompt strength; 1.0 skips the negative pass (default: 5.0)")
     t2v.add_argument("--shift", type=float, default=5.0 if task == "t2v" else 3.0 if task == "i2v" else 16.0,
-                     help="schedule shift (official: 5.0 t2v, 3.0 480p i2v, 5.0 720p i2v, 16 flf2v)")
-    t2v.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++", "euler"])
-    t2v.add_argument("--seed", type=int, default=0)
-    t2v.add_argument("--fps", type=float, default=16.0)
-    t2v.add_argument("--device", default="cpu", help="cpu or cuda")
+                     help="schedule shift (default, as the official: 5.0 t2v, 3.0 480p i2v, 16 flf2v; use 5.0 "
+                          "for 720p i2v)")
+    t2v.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++", "euler"], help="(default: unipc)")
+    t2v.add_argument("--seed", type=int, default=0,
+                     help="0 .. 2^64-1; the same seed renders the same on any device (default: 0)")
+    t2v.add_argument("--fps", type=float, default=16.0,
+                     help="frames per second of the file, gif at most 50 (default: 16)")
+    t2v.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     t2v.add_argument("--storage-dtype", default="default", choices=list(DTYPES),
                      help="how the DiT and text encoder weights are held (default: as in the file)")
     t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16"],
