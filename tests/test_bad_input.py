@@ -215,3 +215,20 @@ def test_example_workflows_carry_no_placeholder_values():
             values = node["widgets_values"]
             fixed = [i for i, v in enumerate(values) if v == "fixed"]
             assert all(node["type"] == "WanCoreSampler" and i == 4 for i in fixed), (path.name, node["type"])
+
+
+def test_damaged_text_encoder_and_clip_weights_are_named(tmp_path):
+    paths = write_demo_models(tmp_path)
+    encoder = wan_core.load_text_encoder(paths["text_encoders"])
+    with torch.no_grad():
+        encoder.model.encoder.block[1].layer[1].DenseReluDense.wo.weight[0, :] = math.inf
+    with pytest.raises(wan_core.CheckpointError, match=r"text encoder's weights hold NaN/Inf \(encoder\.block\.1\.layer"
+                                                       r"\.1\.DenseReluDense\.wo\.weight\)"):
+        encoder.encode(["a fox"])
+    clip = wan_core.load_clip_vision(paths["clip_vision"])
+    with pytest.raises(InputError, match="the image holds 1 NaN/Inf value"):
+        clip.encode(torch.rand(1, 32, 32, 3).index_put_((torch.tensor(0),) * 4, torch.tensor(math.nan)))
+    with torch.no_grad():
+        clip.vision_model.encoder.layers[0].mlp.fc1.bias[:] = math.nan
+    with pytest.raises(wan_core.CheckpointError, match=r"CLIP vision encoder's weights .*layers\.0\.mlp\.fc1\.bias"):
+        clip.encode(torch.rand(1, 32, 32, 3))

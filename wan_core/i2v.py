@@ -21,6 +21,7 @@ from .errors import InputError
 from .latents import normalize_latents
 from .models.clip_vision import ClipVision
 from .models.vae import WanVAE
+from .runtime.finite import check_finite
 
 
 def size_for_area(height: int, width: int, max_area: int) -> tuple[int, int]:
@@ -63,8 +64,11 @@ def _cover_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def check_image(name: str, image: torch.Tensor) -> None:
-    if image.dim() != 4 or image.shape[-1] != 3 or image.shape[0] < 1:
-        raise InputError(f"{name} must be an IMAGE [N, height, width, 3], got shape {tuple(image.shape)}")
+    """Raise :class:`InputError` unless ``image`` is a finite IMAGE ``[N >= 1, H, W, 3]``."""
+    if image.dim() != 4 or image.shape[-1] != 3 or min(image.shape) < 1:
+        raise InputError(f"{name} must be an IMAGE [N, height, width, 3], got shape {tuple(image.shape)}; "
+                         "convert RGBA or grayscale images to RGB first")
+    check_finite(f"the {name}", image, "an image node before this one produced invalid values")
 
 
 def image_conditioning(vae: WanVAE, clip: ClipVision, start: torch.Tensor, width: int, height: int, frames: int,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..runtime.finite import check_finite, check_output
 from .layers import CastLinear
 
 HEAD_DIM = 80
@@ -143,5 +144,6 @@ class ClipVision(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        check_finite("the image", images, "an image node before this one produced invalid values")
         device = self.vision_model.embeddings.position_embedding.weight.device
-        return self(self.preprocess(images.to(device)))
+        return check_output("CLIP vision encoder", self(self.preprocess(images.to(device))), self)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..runtime.finite import check_output
 from ..runtime.runners import BlockRunner, InterruptibleRunner, ResidentRunner
 from .layers import CastLinear, LinearFactory
 
@@ -193,4 +194,4 @@ class TextEncoder:
         states = self.model(ids[:, :used].to(self.device), mask[:, :used].to(self.device), runner).float()
         out = torch.zeros(len(texts), ids.shape[1], states.shape[-1], device=states.device)
         out[:, :used] = states * mask[:, :used].to(states.device)[..., None]
-        return out
+        return check_output("text encoder", out, self.model)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import LATENT_CHANNELS, VAE_STRIDE, check_frame_count, latent_frames, video_frames
-from ..errors import CheckpointError, InputError, RenderError, RenderInterrupted
-from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
+from ..errors import InputError, RenderInterrupted
+from ..runtime.finite import check_finite, check_output
 
 FIRST_CHUNK = 1
 """Frames in the first encode chunk: the first frame is encoded alone (its own latent frame)."""
@@ -377,14 +377,7 @@ class WanVAE(nn.Module):
 
     def _checked(self, out: torch.Tensor, what: str) -> torch.Tensor:
         """``out`` if finite; else a :class:`CheckpointError` naming damaged weights, or a :class:`RenderError`."""
-        if is_finite(out):
-            return out
-        weights = nonfinite_parameters(self)
-        if weights:
-            raise CheckpointError(f"the VAE's weights hold NaN/Inf ({', '.join(weights)}): the file is damaged; "
-                                  "fetch it again")
-        raise RenderError(f"the VAE {what} produced NaN/Inf from finite inputs (compute dtype {self.compute_dtype});"
-                          " use fp32 or bf16 for the VAE")
+        return check_output(f"VAE {what} (compute dtype {self.compute_dtype})", out, self)
 
     def _device(self) -> torch.device:
         return self.conv2.weight.device

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError, RenderError
 
 
 def is_finite(tensor: torch.Tensor) -> bool:
@@ -25,6 +25,18 @@ def check_finite(name: str, tensor: torch.Tensor | None, fix: str) -> None:
     if tensor is not None and not is_finite(tensor):
         bad = int((~torch.isfinite(tensor.float())).sum())
         raise InputError(f"{name} holds {bad} NaN/Inf value(s) of {tensor.numel()}; {fix}")
+
+
+def check_output(what: str, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``tensor`` if finite; else a :class:`CheckpointError` naming ``module``'s damaged weights, or an
+    :class:`RenderError` when the weights are sound (an overflow of the compute dtype)."""
+    if is_finite(tensor):
+        return tensor
+    weights = nonfinite_parameters(module)
+    if weights:
+        raise CheckpointError(f"the {what}'s weights hold NaN/Inf ({', '.join(weights)}): the file is damaged; "
+                              "fetch it again")
+    raise RenderError(f"the {what} produced NaN/Inf from valid inputs; run it in fp32 or bf16")
 
 
 def nonfinite_parameters(module: nn.Module, most: int = 5) -> list[str]:
