@@ -9,23 +9,14 @@ import math
 import pytest
 import torch
 from test_nodes import env  # noqa: F401  (the standalone host with the demo models)
-from tiny import I2V, T2V, inputs, random_official_state
+from tiny import I2V, T2V, CountingRunner, inputs, random_official_state
 from workflow_runner import ROOT
 
 import wan_core
-from wan_core import InputError, RenderContext, ResidentRunner, SampleRequest
+from wan_core import InputError, RenderContext, SampleRequest
 from wan_core.demo import write_demo_models
 from wan_core.loading.safetensors_io import read_header
 from wan_core.models.config import detect
-
-
-class _Counting(ResidentRunner):
-    def __init__(self):
-        self.blocks = 0
-
-    def __call__(self, blocks, h, *args):
-        self.blocks += len(blocks)
-        return super().__call__(blocks, h, *args)
 
 
 def _model(cfg=T2V, seed=1):
@@ -51,11 +42,11 @@ SMALL = SampleRequest(80, 64, 5)
     ({"sampler": "ddim"}, r"choose one of unipc, dpm\+\+, euler"),
 ])
 def test_bad_settings_fail_before_any_forward(settings, message):
-    model, runner = _model(), _Counting()
+    model, runner = _model(), CountingRunner()
     _, _, context, _, _ = inputs(T2V)
     with pytest.raises(InputError, match=message):
         wan_core.sample(model, context, context, request=SMALL, render=RenderContext(runner=runner), **settings)
-    assert runner.blocks == 0
+    assert runner.blocks_run == 0
 
 
 def test_the_highest_seed_renders():
@@ -77,15 +68,15 @@ def test_what_cannot_fit_is_refused_with_the_estimate_before_allocating(monkeypa
     with pytest.raises(InputError, match=r"at most 4093 frames"):  # 100001 frames: refused before the noise
         wan_core.check_render(real, SampleRequest(832, 480, 100001).latent_shape())
     monkeypatch.setattr(wan_core.runtime.memory, "available_bytes", lambda device: 2**10)
-    runner = _Counting()
+    runner = CountingRunner()
     _, _, context, _, _ = inputs(T2V)
     with pytest.raises(InputError, match="needs about"):
         wan_core.sample(_model(), context, None, request=SMALL, render=RenderContext(runner=runner))
-    assert runner.blocks == 0
+    assert runner.blocks_run == 0
 
 
 def test_nan_in_inputs_is_named_before_any_forward():
-    model, runner = _model(), _Counting()
+    model, runner = _model(), CountingRunner()
     render = RenderContext(runner=runner)
     _, _, context, _, _ = inputs(T2V)
     bad = context.clone()
@@ -96,7 +87,7 @@ def test_nan_in_inputs_is_named_before_any_forward():
     latent[0, 0, 0, 0, 0] = math.inf
     with pytest.raises(InputError, match="the start LATENT holds 1 NaN/Inf"):
         wan_core.sample(model, context, None, latent=latent, denoise=0.5, render=render)
-    assert runner.blocks == 0
+    assert runner.blocks_run == 0
 
 
 def test_nan_in_weights_names_the_tensor_instead_of_a_black_video():

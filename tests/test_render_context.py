@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import I2V, T2V, inputs, random_official_state
+from tiny import I2V, T2V, CountingRunner, inputs, random_official_state
 
 import wan_core
 import wan_core.demo
-from wan_core import RenderContext, ResidentRunner, WeightDelta
+from wan_core import RenderContext, WeightDelta
 
 RECORDED = Path(__file__).parent / "data" / "dit_before_seams.safetensors"
 """Outputs of the tiny models recorded with the code before the render context existed (commit 1e34a2c):
@@ -80,20 +80,9 @@ def test_forward_is_embed_then_blocks_then_head(cfg):
     assert embedded.tokens.shape == (2, 3 * 4 * 5, cfg.dim) and embedded.grid == (3, 4, 5)
 
 
-class _CountingRunner(ResidentRunner):
-    """A runner that records how many blocks it ran, per render (its state lives in the context)."""
-
-    def __init__(self):
-        self.blocks_run = 0
-
-    def __call__(self, blocks, h, *args):
-        self.blocks_run += len(blocks)
-        return super().__call__(blocks, h, *args)
-
-
 def test_the_block_loop_goes_through_the_contexts_runner():
     model = _model(T2V, seed=3)
-    runner = _CountingRunner()
+    runner = CountingRunner()
     x, t, context, _, _ = inputs(T2V)
     wan_core.sample(model, context, context.flip(1), request=wan_core.SampleRequest(80, 64, 5), steps=3, cfg=5.0,
                     render=RenderContext(runner=runner))
@@ -186,7 +175,7 @@ def test_a_render_context_computes_in_its_own_dtype_without_touching_the_model()
 
 def test_the_text_encoders_block_loop_goes_through_a_runner_too(tmp_path):
     encoder = wan_core.load_text_encoder(wan_core.demo.write_demo_models(tmp_path)["text_encoders"])
-    runner = _CountingRunner()
+    runner = CountingRunner()
     prompts = ["a red fox", "snow falling on a quiet street at night"]
     assert torch.equal(encoder.encode(prompts, runner=runner), encoder.encode(prompts))
     assert runner.blocks_run == encoder.model.config.num_layers

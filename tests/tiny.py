@@ -65,3 +65,17 @@ def dit_like_file(path) -> None:
     from safetensors.torch import save_file
 
     save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2), "head.modulation": torch.zeros(1, 2, 2)}, path)
+
+
+class CountingRunner:
+    """A block runner that runs every block where it is and counts them (``blocks_run``): proof that work
+    happened, or that it did not."""
+
+    def __init__(self):
+        self.blocks_run = 0
+
+    def __call__(self, blocks, h, *args):
+        for block in blocks:
+            self.blocks_run += 1
+            h = block(h, *args)
+        return h
