@@ -54,14 +54,16 @@ def list_models(kind: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES)
 
 
-def _inside(path: Path, roots: list[Path], what: str, name: str) -> Path:
-    """``path`` resolved, if it lies inside one of ``roots``; else a :class:`HostError` (no escaping by ``..``
-    or by a link)."""
-    resolved = path.resolve()
-    if not any(resolved == r or r in resolved.parents for r in (Path(root).resolve() for root in roots)):
-        raise HostError(f"{what} {name!r} leads outside its folder ({', '.join(str(r) for r in roots)}); "
+def _inside(path: Path, roots: list, what: str, name: str) -> Path:
+    """``path`` if its name keeps it inside one of ``roots`` (no ``..`` or absolute name escapes); else a
+    :class:`HostError`. Checked on the names, not on link targets: a link the user put into a models or
+    input folder (to another disk, say) is theirs to follow."""
+    lexical = Path(os.path.normpath(os.path.abspath(path)))
+    folders = [Path(os.path.normpath(os.path.abspath(root))) for root in roots]
+    if not any(lexical == f or f in lexical.parents for f in folders):
+        raise HostError(f"{what} {name!r} leads outside its folder ({', '.join(str(f) for f in folders)}); "
                         "pick a file inside it")
-    return resolved
+    return lexical
 
 
 def model_path(kind: str, name: str) -> Path:

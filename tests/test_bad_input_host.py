@@ -133,9 +133,10 @@ def test_inputs_by_name_never_leave_their_folder(env):  # noqa: F811
         pack.NODE_CLASS_MAPPINGS["WanCoreLoadVideo"]().load("../outside.mp4", 0, 5, 1, 0, 0)
     with pytest.raises(host.HostError, match="model file .* leads outside its folder"):
         host.model_path("vae", "../diffusion_models/" + DEMO_FILES["diffusion_models"])
-    (env / "input" / "link.mp4").symlink_to(outside)
     with pytest.raises(host.HostError, match="leads outside its folder"):
-        host.input_path("link.mp4")
+        host.input_path(str(outside))  # an absolute name
+    (env / "input" / "link.mp4").symlink_to(outside)  # a link the user placed (e.g. to another disk) is followed
+    assert pack.NODE_CLASS_MAPPINGS["WanCoreLoadVideo"]().load("link.mp4", 0, 5, 1, 0, 0)[2] == 5
 
 
 WRITER = """
