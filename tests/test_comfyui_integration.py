@@ -69,6 +69,22 @@ def _wait_for(url: str, proc, log: Path, timeout: float):
     pytest.fail(f"ComfyUI did not answer {url} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def _render(url: str, ui: dict, overrides: dict, log: Path) -> dict:
+    """Queue ``ui`` (with ``overrides``) through /prompt and return its /history entry once it finished."""
+    body = json.dumps({"prompt": ui_to_api(ui, overrides), "client_id": "wancore-test",
+                       "extra_data": {"extra_pnginfo": {"workflow": ui}}}).encode()
+    request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        prompt_id = json.loads(response.read())["prompt_id"]
+    deadline = time.monotonic() + RENDER_TIMEOUT
+    while time.monotonic() < deadline:
+        history = _get(f"{url}/history/{prompt_id}").get(prompt_id)
+        if history and history.get("status", {}).get("completed") is not None:
+            return history
+        time.sleep(2)
+    pytest.fail(f"no result within {RENDER_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+
+
 def test_t2v_workflow_in_a_real_comfyui(tmp_path):
     base = tmp_path / "base"
     (base / "custom_nodes").mkdir(parents=True)
@@ -87,19 +103,7 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         ours = [name for name in node_classes() if name.startswith("WanCore")]
         assert set(ours) <= set(info), f"missing nodes: {set(ours) - set(info)}\n{log.read_text()[-3000:]}"
         ui = load_workflow(ROOT / "example_workflows" / "wan2.1_t2v_1.3B.json")
-        body = json.dumps({"prompt": ui_to_api(ui, _demo_overrides()), "client_id": "wancore-test",
-                           "extra_data": {"extra_pnginfo": {"workflow": ui}}}).encode()
-        request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            prompt_id = json.loads(response.read())["prompt_id"]
-        deadline = time.monotonic() + RENDER_TIMEOUT
-        while time.monotonic() < deadline:
-            history = _get(f"{url}/history/{prompt_id}").get(prompt_id)
-            if history and history.get("status", {}).get("completed") is not None:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"no result within {RENDER_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+        history = _render(url, ui, _demo_overrides(), log)
         assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
         videos = sorted((base / "output").rglob("*.mp4"))
         assert len(videos) == 1
@@ -109,6 +113,14 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         assert (len(frames), frames[0].height, frames[0].width) == (SMALL["frames"], SMALL["height"], SMALL["width"])
         ui_outputs = [o for o in history["outputs"].values() if "images" in o]
         assert ui_outputs and ui_outputs[0]["images"][0]["filename"] == videos[0].name
+
+        # a bad value reaches the user as our message, raised before any work, and writes nothing
+        bad = _demo_overrides()
+        bad["WanCoreSampler"] = {**bad["WanCoreSampler"], "frames": 14}
+        history = _render(url, ui, bad, log)
+        assert history["status"]["status_str"] == "error"
+        assert "use 13 or 17" in json.dumps(history["status"]["messages"]), json.dumps(history["status"])[:3000]
+        assert sorted((base / "output").rglob("*.mp4")) == videos
     finally:
         proc.terminate()
         try:
