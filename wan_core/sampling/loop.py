@@ -21,8 +21,9 @@ from ..runtime.context import RenderContext
 from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
 from .request import SampleRequest, check_number, check_settings
+from .resume import ResumeFile, render_identity
 from .schedules import UNIPC_SIGMA_MAX, Schedule, flow_schedule
-from .solvers import Denoise, dpmpp_2m, euler, unipc
+from .solvers import Denoise, SolverState, dpmpp_2m, euler, unipc
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            sampler: str = "unipc", denoise: float = 1.0, clip_fea: torch.Tensor | None = None,
            y: torch.Tensor | None = None, render: RenderContext | None = None,
            callback: Callable[[int, int, torch.Tensor], None] | None = None,
-           interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+           interrupt: Callable[[], bool] | None = None, resume: ResumeFile | None = None,
+           stop_after: int | None = None, manifest: dict | None = None) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
 
     model: a :class:`~wan_core.models.dit.WanDiT` (or any callable with its signature, ``render`` included).
@@ -149,6 +151,10 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     callback(step, total, x0_pred) runs after each step; ``interrupt()`` returning True stops the
     render between steps with :class:`RenderInterrupted`. Everything is checked before the noise
     is drawn; NaN / Inf appearing during sampling stops the render with a :class:`RenderError`.
+    resume: a :class:`ResumeFile`; the solver's state is saved there after every step (with
+    ``manifest``), a render of the same identity continues from it bit-identically, and it is
+    removed when the render finishes. stop_after: stop after that many steps (of ``steps``),
+    keeping the resume file, and return the prediction of the final latent at that point.
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
     render = render or RenderContext()
@@ -166,6 +172,16 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     context, negative = _broadcast("prompt", context, shape[0]), _broadcast("negative prompt", negative, shape[0])
     clip_fea, y = _broadcast("image conditioning", clip_fea, shape[0]), _broadcast("image conditioning", y, shape[0])
 
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
+        raise InputError(f"stop_after must be a whole number of steps (0: run to the end), got {stop_after!r}")
+    identity = state = None
+    if resume is not None:
+        tensors = {"context": context, "negative": negative, "latent": latent, "clip_fea": clip_fea, "y": y}
+        settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise)
+        identity = render_identity(model, tensors, settings, render)
+        state = resume.load(identity, schedule.steps)
+        if state is not None:
+            log.info("resuming from step %d of %d (%s)", state.step, schedule.steps, resume.path)
     x = make_noise(shape, seed).to(device)
     if latent is not None and denoise < 1.0:
         s0 = schedule.sigmas[0].item()
@@ -179,13 +195,35 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
             raise _nonfinite_error(model, i, schedule.steps, render)
         if callback:
             callback(i, schedule.steps, x0)
+        if stop_after and i + 1 >= stop_after and i + 1 < schedule.steps:
+            raise _Stopped(i + 1, x0)
         if interrupt is not None and interrupt() and i + 1 < schedule.steps:
             raise RenderInterrupted(f"render interrupted after step {i + 1} of {schedule.steps}")
 
+    def checkpoint(solver_state: SolverState) -> None:
+        if not is_finite(solver_state.x):
+            return  # on_step stops the render right after; a non-finite state is never worth resuming
+        resume.save(identity, schedule.steps, solver_state, manifest)
+
     log.info("sampling %s: %d steps, shift %s, cfg %s, latent %s", sampler, schedule.steps, shift, cfg, shape)
-    with torch.no_grad():
-        out = SAMPLERS[sampler].solve(fn, x, schedule, on_step)
+    try:
+        with torch.no_grad():
+            out = SAMPLERS[sampler].solve(fn, x, schedule, on_step, checkpoint if resume else None, state)
+    except _Stopped as stopped:
+        log.info("stopped after step %d of %d; the render continues from there when run again", stopped.step,
+                 schedule.steps)
+        return denormalize_latents(stopped.x0)
+    if resume is not None:
+        resume.remove()
     return denormalize_latents(out)
+
+
+class _Stopped(Exception):
+    """Raised between steps when a render reaches its ``stop_after`` step (carries the x0 prediction)."""
+
+    def __init__(self, step: int, x0: torch.Tensor):
+        super().__init__(step)
+        self.step, self.x0 = step, x0
 
 
 def _nonfinite_error(model, step: int, steps: int, render: RenderContext) -> WanCoreError:

@@ -1,16 +1,19 @@
 """Flow-matching ODE solvers as pure functions over a :class:`Schedule`.
 
-Each solver is ``solver(denoise, x, schedule, callback=None) -> x0`` where ``denoise(x, t)``
-returns the flow ``v = noise - x0`` at model time ``t`` and ``callback(i, x, x0_pred)`` runs after
-every step (progress, previews, cancellation). The multistep solvers follow the official Wan
-``FlowUniPCMultistepScheduler`` (UniPC, B(h) = e^h - 1, order 2, corrector from the second step)
-and ``FlowDPMSolverMultistepScheduler`` (DPM-Solver++ 2M, midpoint), including their lower-order
-first and final steps. Coefficients are computed in float32 as the official code does.
+Each solver is ``solver(denoise, x, schedule, callback=None, checkpoint=None, resume=None) -> x0``
+where ``denoise(x, t)`` returns the flow ``v = noise - x0`` at model time ``t``, ``callback(i, x,
+x0_pred)`` runs after every step (progress, previews, cancellation), ``checkpoint(state)`` receives
+the solver's whole :class:`SolverState` after every step, and ``resume`` continues from one. The
+multistep solvers follow the official Wan ``FlowUniPCMultistepScheduler`` (UniPC, B(h) = e^h - 1,
+order 2, corrector from the second step) and ``FlowDPMSolverMultistepScheduler`` (DPM-Solver++ 2M,
+midpoint), including their lower-order first and final steps. Coefficients are computed in float32
+as the official code does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,20 +31,50 @@ def _lambda(sigma: torch.Tensor) -> torch.Tensor:
     return torch.log(1 - sigma) - torch.log(sigma)
 
 
-def euler(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class SolverState:
+    """Everything a solver needs to go on after ``step`` finished steps: the current ``x`` and its history.
+
+    ``history`` holds the tensors of earlier steps the multistep rules use (UniPC: the last data
+    predictions and the uncorrected x; DPM++: the previous data prediction); ``order`` is UniPC's
+    last order. Saved after a step and handed back as ``resume``, it continues bit-identically.
+    """
+
+    step: int
+    x: torch.Tensor
+    history: dict[str, torch.Tensor] = field(default_factory=dict)
+    order: int = 1
+
+
+Checkpoint = Callable[[SolverState], None]
+
+
+def _start(x: torch.Tensor, resume: SolverState | None, schedule: Schedule) -> tuple[int, torch.Tensor, dict]:
+    if resume is None:
+        return 0, x, {}
+    if not 0 < resume.step <= schedule.steps or resume.x.shape != x.shape:
+        raise ValueError(f"cannot resume at step {resume.step} of {schedule.steps} with x {tuple(resume.x.shape)}")
+    return resume.step, resume.x.to(device=x.device, dtype=x.dtype), dict(resume.history)
+
+
+def euler(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None,
+          checkpoint: Checkpoint | None = None, resume: SolverState | None = None) -> torch.Tensor:
     """First-order steps ``x += (sigma_next - sigma) v``; exact when the flow is constant along the path."""
     sigmas = schedule.sigmas
-    for i, t in enumerate(schedule.timesteps):
-        v = denoise(x, t)
+    first, x, _ = _start(x, resume, schedule)
+    for i in range(first, schedule.steps):
+        v = denoise(x, schedule.timesteps[i])
         x0 = x - sigmas[i] * v
         x = x + (sigmas[i + 1] - sigmas[i]) * v
+        if checkpoint:
+            checkpoint(SolverState(i + 1, x))
         if callback:
             callback(i, x, x0)
     return x
 
 
-def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule,
-             callback: StepCallback | None = None) -> torch.Tensor:
+def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None,
+             checkpoint: Checkpoint | None = None, resume: SolverState | None = None) -> torch.Tensor:
     """DPM-Solver++ (2M, midpoint) on data predictions ``x0 = x - sigma v``.
 
     First order on the first step and on the last (the schedule ends at sigma 0); on the
@@ -49,9 +82,10 @@ def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule,
     """
     sigmas = schedule.sigmas
     n = schedule.steps
-    prev_x0 = None
-    for i, t in enumerate(schedule.timesteps):
-        x0 = x - sigmas[i] * denoise(x, t)
+    first, x, history = _start(x, resume, schedule)
+    prev_x0 = history.get("prev_x0")
+    for i in range(first, n):
+        x0 = x - sigmas[i] * denoise(x, schedule.timesteps[i])
         s, s_next = sigmas[i], sigmas[i + 1]
         h = _lambda(s_next) - _lambda(s)
         decay = torch.exp(-h) - 1.0
@@ -61,6 +95,8 @@ def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule,
             r = (_lambda(s) - _lambda(sigmas[i - 1])) / h
             x_next = x_next - 0.5 * (1 - s_next) * decay * ((1.0 / r) * (x0 - prev_x0))
         x, prev_x0 = x_next, x0
+        if checkpoint:
+            checkpoint(SolverState(i + 1, x, {"prev_x0": prev_x0}))
         if callback:
             callback(i, x, x0)
     return x
@@ -89,7 +125,8 @@ def _unipc_update(x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, m0: to
     return (s_next / s) * x - (1 - s_next) * h_phi_1 * m0 - (1 - s_next) * b_h * correction
 
 
-def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None) -> torch.Tensor:
+def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None,
+          checkpoint: Checkpoint | None = None, resume: SolverState | None = None) -> torch.Tensor:
     """UniPC (predictor UniP-2 + corrector UniC, bh2) on data predictions ``x0 = x - sigma v``.
 
     Step i evaluates the model at x_i, first corrects x_i with that evaluation (UniC, from the
@@ -99,11 +136,12 @@ def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
     sigmas = schedule.sigmas
     lam = _lambda(sigmas)
     n = schedule.steps
-    x0s: list[torch.Tensor] = []  # the last ORDER data predictions, newest last
-    last_x = None
-    last_order = 1
-    for i, t in enumerate(schedule.timesteps):
-        x0 = x - sigmas[i] * denoise(x, t)
+    first, x, history = _start(x, resume, schedule)
+    x0s = [history[k] for k in ("x0_older", "x0_last") if k in history]  # the last ORDER data predictions
+    last_x = history.get("last_x")
+    last_order = resume.order if resume is not None else 1
+    for i in range(first, n):
+        x0 = x - sigmas[i] * denoise(x, schedule.timesteps[i])
         if i > 0:
             x = _unic(last_x, x0, x0s, sigmas, lam, i, last_order)
         x0s = (x0s + [x0])[-ORDER:]
@@ -114,6 +152,9 @@ def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
             rk = (lam[i - 1] - lam[i]) / (lam[i + 1] - lam[i])
             d1 = 0.5 * (x0s[-2] - x0s[-1]) / rk
         x = _unipc_update(x, sigmas[i], sigmas[i + 1], x0, d1)
+        if checkpoint:
+            saved = {"last_x": last_x, "x0_last": x0s[-1], **({"x0_older": x0s[0]} if len(x0s) > 1 else {})}
+            checkpoint(SolverState(i + 1, x, saved, last_order))
         if callback:
             callback(i, x, x0)
     return x

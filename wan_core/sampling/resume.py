@@ -1,0 +1,114 @@
+"""Renders that survive a crash: the sampler's whole state saved after every step, resumed by identity.
+
+A render's identity is a hash of everything that decides its result: the model (a fingerprint of its
+tensors and config), the weight patches, the prompt embeddings, the start latent and image
+conditioning, seed, latent size, sampler settings, compute dtype, attention backend and device
+type. After each step the solver's :class:`~.solvers.SolverState` is written atomically (a temporary
+file, then a rename) to one resume file per render slot; a render started again with the same
+identity continues from the last finished step and ends bit-identically; a file of another identity,
+or a damaged one, is ignored with a log line. Files hold tensors and JSON text only (safetensors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .solvers import SolverState
+
+log = logging.getLogger(__name__)
+
+FORMAT = "wancore-resume-1"
+SAMPLED_VALUES = 64
+"""Values read from each weight for a model's fingerprint (evenly spaced): cheap, and any change of file,
+dtype or patch moves it."""
+
+
+def _digest_tensor(h, tensor: torch.Tensor | None, sample: int | None = None) -> None:
+    if tensor is None:
+        h.update(b"none")
+        return
+    flat = tensor.detach().reshape(-1)
+    if sample is not None and flat.numel() > sample:
+        flat = flat[torch.linspace(0, flat.numel() - 1, sample).long().to(flat.device)]
+    h.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    h.update(flat.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+
+
+def model_fingerprint(model) -> str:
+    """A hash of a model's config and a sample of every tensor (any nn.Module; other callables: their name)."""
+    h = hashlib.sha256(repr(getattr(model, "config", type(model).__name__)).encode())
+    if isinstance(model, torch.nn.Module):
+        for name, tensor in model.state_dict().items():
+            h.update(name.encode())
+            _digest_tensor(h, tensor, SAMPLED_VALUES)
+    return h.hexdigest()
+
+
+def render_identity(model, tensors: dict[str, torch.Tensor | None], settings: dict, render) -> str:
+    """The identity of a render: model fingerprint, patches, every input tensor in full, and its settings."""
+    h = hashlib.sha256(FORMAT.encode())
+    h.update(model_fingerprint(model).encode())
+    for name, patch in sorted(render.patches.items()):
+        h.update(name.encode() + repr(getattr(patch, "strength", None)).encode())
+        _digest_tensor(h, getattr(patch, "delta", None), SAMPLED_VALUES)
+    for name, tensor in sorted(tensors.items()):
+        h.update(name.encode())
+        _digest_tensor(h, tensor)
+    numerics = {"attention": render.attention, "compute_dtype": str(render.dtype_for(model))
+                if isinstance(model, torch.nn.Module) else None}
+    h.update(json.dumps({**settings, **numerics}, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class ResumeFile:
+    """One render slot's checkpoint: ``path`` (safetensors; the solver's tensors and JSON metadata)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def load(self, identity: str, steps: int) -> SolverState | None:
+        """The saved state of render ``identity`` (``steps`` long); None if missing, another render's or damaged."""
+        if not self.path.is_file():
+            return None
+        try:
+            tensors = load_file(self.path)
+            with open(self.path, "rb") as f:  # the metadata, from the header the loader already checked
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            meta = header["__metadata__"]
+            if meta["format"] != FORMAT or meta["identity"] != identity or int(meta["steps"]) != steps:
+                log.info("resume file %s belongs to another render (other model, prompt, seed, size or settings); "
+                         "ignored, starting fresh", self.path)
+                return None
+            step, order = int(meta["step"]), int(meta["order"])
+            x = tensors.pop("x")
+        except (OSError, KeyError, ValueError, TypeError, SafetensorError, json.JSONDecodeError) as err:
+            log.warning("resume file %s is damaged (%s); ignored, starting fresh", self.path, err)
+            return None
+        if not 0 < step <= steps:
+            log.warning("resume file %s says step %d of %d; ignored, starting fresh", self.path, step, steps)
+            return None
+        return SolverState(step, x, tensors, order)
+
+    def save(self, identity: str, steps: int, state: SolverState, manifest: dict | None = None) -> None:
+        """Write ``state`` atomically (never a half-written resume file, even when killed mid-write)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "identity": identity, "steps": str(steps), "step": str(state.step),
+                "order": str(state.order), "manifest": json.dumps(manifest or {})}
+        tensors = {"x": state.x, **state.history}
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temp, metadata=meta)
+            os.replace(temp, self.path)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
