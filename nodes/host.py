@@ -82,6 +82,12 @@ def output_directory() -> Path:
     return Path(_folders.get_output_directory()) if IN_COMFYUI else _local("WANCORE_OUTPUT", "output")
 
 
+def resume_path(slot: str | None) -> Path:
+    """The resume file of a sampler node: in the output folder (ComfyUI empties its temp folder at start)."""
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(slot or "sampler"))
+    return output_directory() / "wancore_resume" / f"{name}.safetensors"
+
+
 def input_directory() -> Path:
     return Path(_folders.get_input_directory()) if IN_COMFYUI else _local("WANCORE_INPUT", "input")
 

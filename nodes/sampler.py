@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ..wan_core import SAMPLERS, RenderContext, SampleRequest, check_render, check_tensors, latent_preview, sample
+from ..wan_core import (
+    SAMPLERS,
+    RenderContext,
+    ResumeFile,
+    SampleRequest,
+    check_render,
+    check_tensors,
+    latent_preview,
+    sample,
+)
 from . import host
 
 
@@ -43,10 +52,16 @@ class WanCoreSampler:
                                   "and frames."}),
             "image_embeds": ("WANCORE_IMAGE_EMBEDS", {"tooltip": "Image conditioning for i2v / flf2v models; "
                              "its size and frame count replace width, height and frames."}),
-        }}
+            "resume": (["auto", "off"], {"default": "auto", "tooltip": "auto: save the sampler's state after every "
+                       "step (output/wancore_resume/) so the same render, queued again after a crash or a cancel, "
+                       "continues from the last finished step with the same result; off: always start fresh."}),
+            "stop_after": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Stop after this many steps and "
+                           "output the prediction of the final latent (a preview); queue again with 0 to continue "
+                           "from there. 0: run all steps."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
-            latent=None, image_embeds=None):
+            latent=None, image_embeds=None, resume="auto", stop_after=0, unique_id=None):
         host.render_started()
         start = None if latent is None else latent["samples"]
         request = SampleRequest(width, height, frames) if image_embeds is None else image_embeds.request()
@@ -61,6 +76,7 @@ class WanCoreSampler:
         progress = host.Progress(steps)
         with host.cancellable() as interrupt, host.on_compute_device(model) as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
-                         render=RenderContext(device=device), interrupt=interrupt,
+                         render=RenderContext(device=device), interrupt=interrupt, stop_after=stop_after or None,
+                         resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
                          callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)), **conditioning)
         return ({"samples": raw.cpu()},)

@@ -6,6 +6,7 @@ from ..wan_core import (
     VAE_STRIDE,
     InputError,
     decode_tiled,
+    decode_with_fallback,
     encode_tiled,
     images_to_video,
     tile_for_budget,
@@ -52,7 +53,7 @@ class WanCoreVAEDecode:
         z = latent["samples"]
         with host.cancellable() as interrupt, host.on_compute_device(vae):
             tile = _tile(vae, tiling, z.shape[-2], z.shape[-1])
-            video = (vae.decode(z, interrupt=interrupt) if tile is None
+            video = (decode_with_fallback(vae, z, interrupt=interrupt) if tile is None
                      else decode_tiled(vae, z, tile, min(OVERLAP, tile // 2), interrupt=interrupt))
         return (video_to_images(video).cpu(),)
 

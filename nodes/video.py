@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..wan_core import VideoFormat, extension, next_output_path, read_video, write_video
+from ..wan_core import MANIFEST_KEY, VideoFormat, extension, manifest_dumps, next_output_path, read_video, write_video
 from . import host
+from .manifest import manifest_from_prompt
 
 
 class WanCoreVideoWriter:
@@ -31,7 +32,8 @@ class WanCoreVideoWriter:
             "quality": ("INT", {"default": -1, "min": -1, "max": 51, "tooltip": "CRF for mp4 / webm: lower is "
                                 "better and bigger; -1 uses the format's default (19 H.264, 24 H.265, 30 VP9)."}),
             "save_metadata": ("BOOLEAN", {"default": True, "tooltip": "Store the prompt and workflow in the file, "
-                                          "so dragging it into ComfyUI restores the graph."}),
+                                          "so dragging it into ComfyUI restores the graph, and the run manifest "
+                                          "(model files with their hashes, settings, versions)."}),
         }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
     def write(self, images, fps, filename_prefix, format, quality, save_metadata, prompt=None, extra_pnginfo=None):
@@ -39,6 +41,7 @@ class WanCoreVideoWriter:
         target = next_output_path(root, filename_prefix, extension(format))
         metadata = {}
         if save_metadata:
+            metadata[MANIFEST_KEY] = manifest_dumps(manifest_from_prompt(prompt))
             if prompt is not None:
                 metadata["prompt"] = json.dumps(prompt)
             if extra_pnginfo and "workflow" in extra_pnginfo:

@@ -152,6 +152,12 @@ def test_workflow_runs_on_the_demo_model(env, path):
     assert Path(written).is_file() and Path(written).parent.is_relative_to(env / "output")
     scale = next((n["widgets_values"][1] for n in workflow["nodes"] if n["type"] == "ImageScaleBy"), 1.0)
     assert _decoded(written) == (SMALL["frames"], round(SMALL["height"] * scale), round(SMALL["width"] * scale))
+    manifest = load_pack().wan_core.read_manifest(written)  # the run manifest: settings and hashed model files
+    sampler = next(v for v in manifest["graph"].values() if v["class_type"] == "WanCoreSampler")
+    assert sampler["inputs"]["steps"] == SMALL["steps"] and sampler["inputs"]["sampler"] in ("unipc", "dpm++", "euler")
+    loader = next(k for k, v in manifest["graph"].items() if v["class_type"] == "WanCoreModelLoader")
+    ref = manifest["models"][loader]
+    assert ref["hash"] == load_pack().wan_core.fast_file_hash(ref["path"]) and ref["size"] > 0
 
 
 def _t2v_graph(env):
@@ -174,7 +180,8 @@ def test_bad_sizes_fail_before_work_with_the_fix(env, size, message):
         nodes["WanCoreSampler"]().run(model, embeds, **settings)
 
 
-def test_interrupt_mid_sampling_writes_nothing(env, monkeypatch):
+@pytest.mark.parametrize("resume", ["off", "auto"])
+def test_interrupt_mid_sampling_writes_nothing_but_the_resume_state(env, monkeypatch, resume):
     nodes, model, _, embeds = _t2v_graph(env)
     host = load_pack().nodes.host
     calls = []
@@ -182,10 +189,29 @@ def test_interrupt_mid_sampling_writes_nothing(env, monkeypatch):
     before = set((env / "output").rglob("*")) if (env / "output").exists() else set()
     settings = {**SMALL, "steps": 6, "seed": 1, "cfg": 5.0, "shift": 5.0, "sampler": "unipc", "denoise": 1.0}
     with pytest.raises(load_pack().wan_core.RenderInterrupted):
-        nodes["WanCoreSampler"]().run(model, embeds, **settings)
+        nodes["WanCoreSampler"]().run(model, embeds, **settings, resume=resume, unique_id="interrupted")
     assert len(calls) == 2
     after = set((env / "output").rglob("*")) if (env / "output").exists() else set()
-    assert after == before
+    kept = {host.resume_path("interrupted"), host.resume_path("interrupted").parent} if resume == "auto" else set()
+    assert after - before <= kept and host.resume_path("interrupted").exists() == (resume == "auto")
+    host.resume_path("interrupted").unlink(missing_ok=True)
+
+
+def test_the_sampler_node_continues_an_interrupted_render_with_the_same_result(env, monkeypatch):
+    nodes, model, _, embeds = _t2v_graph(env)
+    host = load_pack().nodes.host
+    settings = {**SMALL, "steps": 6, "seed": 3, "cfg": 5.0, "shift": 5.0, "sampler": "dpm++", "denoise": 1.0}
+    whole = nodes["WanCoreSampler"]().run(model, embeds, **settings, resume="off")[0]["samples"]
+    calls = []
+    monkeypatch.setattr(host, "interrupt_requested", lambda: calls.append(1) or len(calls) >= 4)
+    with pytest.raises(load_pack().wan_core.RenderInterrupted, match="after step 4 of 6"):
+        nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="7")
+    monkeypatch.setattr(host, "interrupt_requested", lambda: False)
+    resumed = nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="7")[0]["samples"]
+    assert torch.equal(resumed, whole) and not host.resume_path("7").exists()
+    preview = nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="8", stop_after=2)[0]["samples"]
+    assert preview.shape == whole.shape and host.resume_path("8").exists()
+    assert torch.equal(nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="8")[0]["samples"], whole)
 
 
 def test_text_encoder_is_moved_off_the_compute_device(env, monkeypatch):

@@ -140,6 +140,7 @@ def run_workflow(workflow: dict, overrides: dict[str, dict] | None = None) -> di
     classes = node_classes()
     links = {link[0]: link for link in workflow["links"]}
     results: dict[int, tuple] = {}
+    prompt: dict[str, dict] = {}  # the API-format prompt ComfyUI hands to hidden PROMPT inputs
     for node in _order(workflow["nodes"], links):
         cls = classes[node["type"]]
         kwargs = {}
@@ -148,12 +149,13 @@ def run_workflow(workflow: dict, overrides: dict[str, dict] | None = None) -> di
             if name is not None:
                 kwargs[name] = value
         kwargs.update((overrides or {}).get(node["type"], {}))
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": dict(kwargs)}
         for socket in node.get("inputs", []):
             if socket.get("link") is not None:
                 _, source, slot, *_ = links[socket["link"]]
                 kwargs[socket["name"]] = results[source][slot]
-        if "hidden" in cls.INPUT_TYPES():
-            kwargs.update(prompt={}, extra_pnginfo={"workflow": workflow})
+        hidden = {"PROMPT": prompt, "EXTRA_PNGINFO": {"workflow": workflow}, "UNIQUE_ID": str(node["id"])}
+        kwargs.update({name: hidden[kind] for name, kind in cls.INPUT_TYPES().get("hidden", {}).items()})
         out = getattr(cls(), cls.FUNCTION)(**kwargs)
         results[node["id"]] = out["result"] if isinstance(out, dict) else out
     return results

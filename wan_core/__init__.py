@@ -31,13 +31,16 @@ from .loading.clip_vision import load_clip_vision
 from .loading.dit import load_dit
 from .loading.text_encoder import load_text_encoder
 from .loading.vae import load_vae
+from .manifest import MANIFEST_KEY, fast_file_hash, file_ref, read_manifest
+from .manifest import dumps as manifest_dumps
+from .manifest import versions as manifest_versions
 from .models.clip_vision import ClipVision
 from .models.config import PRESETS, DiTConfig, detect
 from .models.dit import WanDiT
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
-from .models.vae_tiling import decode_tiled, encode_tiled, tile_for_budget
-from .pipeline import image_to_video, text_to_video
+from .models.vae_tiling import decode_tiled, decode_with_fallback, encode_tiled, tile_for_budget
+from .pipeline import check_task, image_to_latent, image_to_video, text_to_latent, text_to_video
 from .runtime import (
     DTYPES,
     AttentionBackend,
@@ -55,6 +58,7 @@ from .runtime import (
 )
 from .sampling.loop import SAMPLERS, check_render, check_tensors, sample
 from .sampling.request import SampleRequest, check_seed
+from .sampling.resume import ResumeFile
 from .video import (
     METADATA_KEYS,
     Clip,
@@ -74,23 +78,25 @@ from .video import (
 __all__ = [
     # conditioning and tasks
     "ImageEmbeds", "TextEmbeds", "encode_prompts", "image_conditioning", "size_for_area", "image_to_video",
-    "text_to_video",
+    "text_to_video", "image_to_latent", "text_to_latent", "check_task",
     # constants and checks
     "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "PIXEL_MULTIPLE", "VAE_STRIDE", "check_frame_count",
     "check_pixel_size", "latent_frames", "video_frames",
+    # run manifests
+    "MANIFEST_KEY", "fast_file_hash", "file_ref", "manifest_dumps", "manifest_versions", "read_manifest",
     # errors
     "CheckpointError", "InputError", "RenderError", "RenderInterrupted", "WanCoreError",
     # latents
     "denormalize_latents", "latent_preview", "normalize_latents",
     # networks and loaders
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "ClipVision", "PRESETS", "DiTConfig", "detect",
-    "WanDiT", "TextEncoder", "WanVAE", "decode_tiled", "encode_tiled", "tile_for_budget",
+    "WanDiT", "TextEncoder", "WanVAE", "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",
     # runtime
     "DTYPES", "AttentionBackend", "BlockRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta",
     "attention_backends", "default_compute_dtype", "get_attention", "parse_dtype", "register_backend",
     "resolve_placement",
     # sampling
-    "SAMPLERS", "SampleRequest", "check_render", "check_seed", "check_tensors", "sample",
+    "SAMPLERS", "SampleRequest", "ResumeFile", "check_render", "check_seed", "check_tensors", "sample",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

@@ -10,11 +10,12 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .constants import NEGATIVE_PROMPT
 from .errors import InputError, WanCoreError
+from .manifest import MANIFEST_KEY, dumps
 from .runtime.placement import DTYPES
 
 log = logging.getLogger("wan_core.cli")
@@ -45,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="task", required=True)
     for task, text in (("t2v", "text to video"), ("i2v", "image to video"), ("flf2v", "first and last frame to video")):
         _add_common(sub.add_parser(task, help=text), task)
+    replay = sub.add_parser("replay", help="render again from the run manifest stored in a video we wrote")
+    replay.add_argument("video", type=Path, help="a video written by python -m wan_core")
+    replay.add_argument("--models", type=Path, default=Path(os.environ.get("WANCORE_MODELS", "models")),
+                        help="where to look for the model files by name or hash if they moved (default: ./models)")
+    replay.add_argument("--out", type=Path, help="output file (default: <video>-replay with the same extension)")
+    replay.add_argument("--device", help="cpu or cuda (default: the one recorded)")
     return parser
 
 
@@ -86,6 +93,14 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     t2v.add_argument("--storage-dtype", default="default", choices=list(DTYPES),
                      help="how the DiT and text encoder weights are held (default: as in the file)")
+    t2v.add_argument("--resume", default="auto", choices=["auto", "off"],
+                     help="auto: save the sampler's state after every step beside --out and continue from it when "
+                          "the same render is started again (default: auto)")
+    t2v.add_argument("--stop-after", type=int, default=0,
+                     help="stop after this many steps, write a preview (<out>.step-N) and keep the state to "
+                          "continue later (default: 0, run to the end)")
+    t2v.add_argument("--keep-latent", action="store_true",
+                     help="also save the raw latent as <out>.latent.safetensors (always done when decoding fails)")
     t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16"],
                      help="dtype of the matrix products (default: fp32 on CPU, bf16 on CUDA, fp16 for CLIP)")
 
@@ -98,39 +113,105 @@ def _format_for(path: Path) -> str:
 def run(argv: list[str] | None = None) -> Path:
     """Parse ``argv``, check the whole render (files by their headers, sizes, settings, memory), then render
     and return the written path. Nothing heavy is loaded before every check has passed."""
+    args = _parser().parse_args(argv)
+    if args.task == "replay":
+        from .replay import replay_argv
+
+        return run(replay_argv(args.video, args.models, args.out, args.device))
+    plan = _plan(args)
+    manifest = _manifest(args, plan)
+    raw = _render_latent(args, plan, manifest)
+    return _decode_and_write(args, plan, manifest, raw)
+
+
+def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
+    """Load the models and sample; the solver's state is kept beside ``--out`` after every step."""
     from . import (
         RenderContext,
-        image_to_video,
+        ResumeFile,
+        image_to_latent,
         load_clip_vision,
         load_dit,
         load_text_encoder,
         load_vae,
-        text_to_video,
-        video_to_images,
-        write_video,
+        text_to_latent,
     )
 
-    args = _parser().parse_args(argv)
-    plan = _plan(args)
     weights = dict(storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype, device=plan.device)
     compute = dict(compute_dtype=args.compute_dtype, device=plan.device)  # VAE and CLIP store what they compute in
     text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
     dit = load_dit(plan.paths["diffusion_models"], **weights)
-    vae = load_vae(plan.paths["vae"], **compute)
+    plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
 
     def progress(step: int, total: int, _x0) -> None:
         log.info("step %d/%d", step + 1, total)
 
+    resume = ResumeFile(_beside(args.out, ".resume.safetensors")) if args.resume == "auto" else None
     common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-                  render=RenderContext(device=plan.device), callback=progress, **plan.size)
+                  render=RenderContext(device=plan.device), callback=progress, resume=resume,
+                  stop_after=args.stop_after or None, manifest=manifest, **plan.size)
     if plan.images:
         clip = load_clip_vision(plan.paths["clip_vision"], **compute)
-        video = image_to_video(dit, text_encoder, vae, clip, plan.images[0], args.prompt, args.negative,
-                               end=plan.images[1] if len(plan.images) > 1 else None, **common)
-    else:
-        video = text_to_video(dit, text_encoder, vae, args.prompt, args.negative, **common)
-    metadata = {"prompt": args.prompt, "wancore": f"seed {args.seed}, {plan.size}, sampler {args.sampler}"}
-    return write_video(video_to_images(video), args.out, fps=args.fps, fmt=plan.fmt, metadata=metadata)
+        end = plan.images[1] if len(plan.images) > 1 else None
+        return image_to_latent(dit, text_encoder, plan.models["vae"], clip, plan.images[0], args.prompt,
+                               args.negative, end=end, **common)
+    return text_to_latent(dit, text_encoder, args.prompt, args.negative, **common)
+
+
+def _decode_and_write(args: argparse.Namespace, plan: _Plan, manifest: dict, raw) -> Path:
+    """Decode (in tiles if the whole does not fit) and write; the raw latent is kept on request, and always
+    when the decode fails."""
+    from . import decode_with_fallback, video_to_images, write_video
+
+    stopped = bool(args.stop_after) and args.stop_after < plan.size["steps"]
+    out = args.out.with_name(f"{args.out.stem}.step-{args.stop_after}{args.out.suffix}") if stopped else args.out
+    if args.keep_latent:
+        _keep_latent(raw, out, manifest)
+    try:
+        video = decode_with_fallback(plan.models["vae"], raw)
+    except BaseException:
+        if not args.keep_latent:
+            _keep_latent(raw, out, manifest)
+        raise
+    if stopped:
+        log.warning("stopped after step %d of %d: %s is a preview of the final video; run the same command "
+                    "without --stop-after to continue from there", args.stop_after, plan.size["steps"], out)
+    metadata = {"prompt": args.prompt, MANIFEST_KEY: dumps(manifest)}
+    return write_video(video_to_images(video), out, fps=args.fps, fmt=plan.fmt, metadata=metadata)
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    """A hidden file next to ``out`` (the render's own resume slot)."""
+    return out.parent / f".{out.name}{suffix}"
+
+
+def _keep_latent(raw, out: Path, manifest: dict) -> Path:
+    """Save the RAW latent next to the output, atomically: ``<name>.latent.safetensors``."""
+    from safetensors.torch import save_file
+
+    path = out.with_name(f"{out.stem}.latent.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _beside(path, ".partial")
+    save_file({"latent": raw.detach().contiguous().cpu()}, temp, metadata={MANIFEST_KEY: dumps(manifest)})
+    os.replace(temp, path)
+    log.warning("raw latent kept at %s (decode it later with the VAE)", path)
+    return path
+
+
+def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
+    """The run manifest of a CLI render (see :mod:`wan_core.manifest`)."""
+    from .manifest import file_ref, versions
+
+    names = (getattr(args, "image", None), getattr(args, "end_image", None))
+    folders = IMAGE_KINDS if plan.images else KINDS
+    return {
+        "task": args.task, "prompt": args.prompt, "negative": args.negative, "demo": args.demo,
+        "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items()},
+        "images": [file_ref(name) for name in names if name is not None],
+        "seed": args.seed, "cfg": args.cfg, "shift": args.shift, "sampler": args.sampler, "fps": args.fps,
+        **plan.size, "attention": "sdpa", "caches": None, "loras": [], "device": str(plan.device),
+        "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
+    }
 
 
 @dataclass(frozen=True)
@@ -142,6 +223,7 @@ class _Plan:
     fmt: str
     device: object
     images: tuple
+    models: dict = field(default_factory=dict)  # filled as they load (the VAE, for the decode)
 
 
 def _plan(args: argparse.Namespace) -> _Plan:

@@ -1,4 +1,4 @@
-"""Whole-task functions on top of the pieces: text-to-video and image-to-video.
+"""Whole-task functions on top of the pieces: text / image to RAW latents, and on to video.
 
 Used by the CLI and by scripts; the nodes call the same pieces one stage per node.
 """
@@ -15,6 +15,7 @@ from .i2v import check_image, image_conditioning
 from .models.dit import WanDiT
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
+from .models.vae_tiling import decode_with_fallback
 from .runtime.context import RenderContext
 from .sampling.loop import check_render, sample
 from .sampling.request import SampleRequest
@@ -22,26 +23,37 @@ from .sampling.request import SampleRequest
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
-def text_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: str, negative: str | None = None,
-                  *, width: int = 832, height: int = 480, frames: int = 81, seed: int = 0, steps: int = 50,
-                  cfg: float = 5.0, shift: float = 5.0, sampler: str = "unipc", render: RenderContext | None = None,
-                  callback: StepCallback | None = None, interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Prompt -> video ``[1, 3, frames, height, width]`` in [-1, 1]. Everything is checked before any work."""
+def text_to_latent(dit: WanDiT, text_encoder: TextEncoder, prompt: str, negative: str | None = None, *,
+                   width: int = 832, height: int = 480, frames: int = 81, seed: int = 0, steps: int = 50,
+                   cfg: float = 5.0, shift: float = 5.0, sampler: str = "unipc", render: RenderContext | None = None,
+                   callback: StepCallback | None = None, interrupt: Callable[[], bool] | None = None,
+                   **resumable) -> torch.Tensor:
+    """Prompt -> RAW latents ``[1, 16, F', H/8, W/8]``. Everything is checked before any work.
+
+    ``resumable``: ``resume``, ``stop_after`` and ``manifest`` as :func:`~wan_core.sample` takes them.
+    """
     request = SampleRequest(width, height, frames)
     check_task(dit, "t2v")
     render = _preflight(dit, request, prompt, negative, seed, steps, cfg, shift, sampler, render)
     embeds = encode_prompts(text_encoder, prompt, negative, interrupt=interrupt)
-    raw = sample(dit, embeds.positive, embeds.negative, request=request, seed=seed, steps=steps, cfg=cfg,
-                 shift=shift, sampler=sampler, render=render, callback=callback, interrupt=interrupt)
-    return vae.decode(raw, interrupt=interrupt)
+    return sample(dit, embeds.positive, embeds.negative, request=request, seed=seed, steps=steps, cfg=cfg,
+                  shift=shift, sampler=sampler, render=render, callback=callback, interrupt=interrupt, **resumable)
 
 
-def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, start: torch.Tensor, prompt: str,
-                   negative: str | None = None, *, end: torch.Tensor | None = None, width: int = 832,
-                   height: int = 480, frames: int = 81, seed: int = 0, steps: int = 40, cfg: float = 5.0,
-                   shift: float = 3.0, sampler: str = "unipc", render: RenderContext | None = None,
-                   callback: StepCallback | None = None, interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Start image (and, for flf2v, end image) -> video ``[1, 3, frames, height, width]`` in [-1, 1].
+def text_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: str, negative: str | None = None,
+                  *, interrupt: Callable[[], bool] | None = None, **settings) -> torch.Tensor:
+    """Prompt -> video ``[1, 3, frames, height, width]`` in [-1, 1] (settings as :func:`text_to_latent`)."""
+    raw = text_to_latent(dit, text_encoder, prompt, negative, interrupt=interrupt, **settings)
+    return decode_with_fallback(vae, raw, interrupt=interrupt)
+
+
+def image_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, start: torch.Tensor, prompt: str,
+                    negative: str | None = None, *, end: torch.Tensor | None = None, width: int = 832,
+                    height: int = 480, frames: int = 81, seed: int = 0, steps: int = 40, cfg: float = 5.0,
+                    shift: float = 3.0, sampler: str = "unipc", render: RenderContext | None = None,
+                    callback: StepCallback | None = None, interrupt: Callable[[], bool] | None = None,
+                    **resumable) -> torch.Tensor:
+    """Start image (and, for flf2v, end image) -> RAW latents ``[1, 16, F', H/8, W/8]``.
 
     start / end: ComfyUI IMAGE ``[1, H, W, 3]`` in 0..1. Defaults follow the official i2v (40 steps,
     shift 3.0 at 480p; use shift 5.0 at 720p and 16 for flf2v). Model kind and conditioning are
@@ -55,10 +67,17 @@ def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, st
     render = _preflight(dit, request, prompt, negative, seed, steps, cfg, shift, sampler, render)
     embeds = encode_prompts(text_encoder, prompt, negative, interrupt=interrupt)
     image = image_conditioning(vae, clip, start, width, height, frames, end=end)
-    raw = sample(dit, embeds.positive, embeds.negative, request=request, seed=seed, steps=steps, cfg=cfg,
-                 shift=shift, sampler=sampler, clip_fea=image.clip_fea, y=image.y, render=render,
-                 callback=callback, interrupt=interrupt)
-    return vae.decode(raw, interrupt=interrupt)
+    return sample(dit, embeds.positive, embeds.negative, request=request, seed=seed, steps=steps, cfg=cfg,
+                  shift=shift, sampler=sampler, clip_fea=image.clip_fea, y=image.y, render=render,
+                  callback=callback, interrupt=interrupt, **resumable)
+
+
+def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, start: torch.Tensor, prompt: str,
+                   negative: str | None = None, *, interrupt: Callable[[], bool] | None = None,
+                   **settings) -> torch.Tensor:
+    """Start (and end) image -> video ``[1, 3, frames, height, width]`` in [-1, 1] (see :func:`image_to_latent`)."""
+    raw = image_to_latent(dit, text_encoder, vae, clip, start, prompt, negative, interrupt=interrupt, **settings)
+    return decode_with_fallback(vae, raw, interrupt=interrupt)
 
 
 TASK_NEEDS = {"t2v": "a prompt", "i2v": "one start image", "flf2v": "a start and an end image"}

@@ -8,6 +8,7 @@ the VAE's middle attention sees the whole frame, and each tile sees only its own
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -15,7 +16,10 @@ import torch
 
 from ..constants import VAE_STRIDE, latent_frames, video_frames
 from ..errors import InputError
+from ..runtime.memory import available_bytes
 from .vae import WanVAE, check_latents, check_video
+
+log = logging.getLogger(__name__)
 
 DECODE_ACTIVATION_FACTOR = 12
 """Live full-resolution activations during a decode chunk, in units of (base width x 4 frames x
@@ -129,3 +133,44 @@ def tile_for_budget(vae: WanVAE, budget_bytes: int, latent_h: int, latent_w: int
         raise InputError(f"a VAE memory budget of {budget_bytes / 2**20:.0f} MiB is too small; "
                          f"tiled decoding needs at least {need / 2**20:.0f} MiB")
     return min(tile, max(latent_h, latent_w))
+
+
+FALLBACK_OVERLAP = 8
+"""Latent cells shared by neighbouring tiles when a decode falls back to tiles (64 pixels)."""
+
+MIN_FALLBACK_TILE = 8
+"""The smallest tile a fallback tries (latent cells; 64 pixels)."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for CUDA's out-of-memory error and for a CPU allocation that failed."""
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def decode_with_fallback(vae: WanVAE, z: torch.Tensor, interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+    """``vae.decode(z)``; if that runs out of memory, the same decode in spatial tiles sized to the free memory,
+    halved again while a tile still does not fit (each retry logged), so the last stage of a long render
+    does not lose it."""
+    try:
+        return vae.decode(z, interrupt=interrupt)
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        failure = err
+    h, w = z.shape[-2:]
+    budget = int(available_bytes(vae.conv2.weight.device) * 0.8)
+    tile = tile_for_budget(vae, budget, h, w, vae.compute_dtype, FALLBACK_OVERLAP)
+    tile = min(tile or max(h, w) // 2, max(h, w) // 2)  # smaller than the whole, which did not fit
+    tile = max(tile, MIN_FALLBACK_TILE)
+    while True:
+        log.warning("VAE decode ran out of memory (%s); decoding again in tiles of %d latent cells", failure, tile)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        try:
+            return decode_tiled(vae, z, tile, min(FALLBACK_OVERLAP, tile // 2), interrupt=interrupt)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err) or tile <= MIN_FALLBACK_TILE:
+                raise
+            failure, tile = err, max(MIN_FALLBACK_TILE, tile // 2)

@@ -1,0 +1,42 @@
+"""``python -m wan_core replay VIDEO``: the command line of a render, rebuilt from its run manifest.
+
+Model and image files are found at their recorded paths, or by name or by size and fast hash under
+``--models``; a file that cannot be found, or whose hash changed, is an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InputError
+from .manifest import find_file, read_manifest
+
+FOLDERS = {"dit": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae", "clip_vision": "clip_vision"}
+SETTINGS = ("width", "height", "frames", "steps", "cfg", "shift", "sampler", "seed", "fps", "storage_dtype")
+
+
+def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device: str | None) -> list[str]:
+    """The CLI arguments that render ``video`` again (to ``out``, default ``<video>-replay<ext>``), keeping the
+    raw latent so the two renders can be compared."""
+    manifest = read_manifest(video)
+    video = Path(video)
+    task = manifest.get("task")
+    if task not in ("t2v", "i2v", "flf2v"):
+        raise InputError(f"{video}: its manifest names task {task!r}; replay knows t2v, i2v and flf2v")
+    out = out or video.with_name(f"{video.stem}-replay{video.suffix}")
+    argv = [task, "--prompt", manifest["prompt"], "--negative", manifest["negative"], "--out", str(out),
+            "--models", str(models), "--device", device or manifest.get("device", "cpu"), "--resume", "off",
+            "--keep-latent"]
+    for key in SETTINGS:
+        argv += [f"--{key.replace('_', '-')}", str(manifest[key])]
+    if manifest.get("compute_dtype"):
+        argv += ["--compute-dtype", manifest["compute_dtype"]]
+    if manifest.get("demo"):
+        argv.append("--demo")  # the demo models are written again, identical, under --models/demo
+    else:
+        for kind, ref in manifest["models"].items():
+            argv += [f"--{kind.replace('_', '-')}", str(find_file(ref, models / FOLDERS[kind]))]
+    for flag, ref in zip(("--image", "--end-image"), manifest.get("images", [])):
+        argv += [flag, str(find_file(ref, Path.cwd()))]
+    return argv
