@@ -7,7 +7,8 @@ import argparse
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip"], help="which benchmark to run")
+    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume"],
+                        help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
                         help="vae: 9 frames at 256x256 (small), 5 at 832x480 (mid), 17 at 832x480 (full: slow)")
@@ -34,6 +35,10 @@ def main(argv=None) -> None:
         from . import clip
 
         clip.main()
+    elif args.what == "resume":
+        from . import resume
+
+        resume.main()
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ save = resume.ResumeFile.save
 def save_then_die(self, identity, steps, state, manifest=None):
     save(self, identity, steps, state, manifest)
     if state.step == int(sys.argv[1]):
+        self.flush()  # step k is on disk (the writer works in the background)
         os.kill(os.getpid(), signal.SIGKILL)  # a crash right after step k was saved
 resume.ResumeFile.save = save_then_die
 sys.exit(main(sys.argv[2:]))

@@ -210,12 +210,25 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         with torch.no_grad():
             out = SAMPLERS[sampler].solve(fn, x, schedule, on_step, checkpoint if resume else None, state)
     except _Stopped as stopped:
+        if resume is not None:
+            resume.flush()
         log.info("stopped after step %d of %d; the render continues from there when run again", stopped.step,
                  schedule.steps)
         return denormalize_latents(stopped.x0)
+    except BaseException:
+        if resume is not None:
+            _flush_quietly(resume)  # an interrupted or failed render leaves its last finished step on disk
+        raise
     if resume is not None:
         resume.remove()
     return denormalize_latents(out)
+
+
+def _flush_quietly(resume: ResumeFile) -> None:
+    try:
+        resume.flush()
+    except OSError as err:  # the render's own error is the one to report
+        log.warning("the last resume checkpoint could not be written (%s)", err)
 
 
 class _Stopped(Exception):

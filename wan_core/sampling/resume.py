@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -73,9 +74,12 @@ class ResumeFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._writing: Future | None = None
 
     def load(self, identity: str, steps: int) -> SolverState | None:
         """The saved state of render ``identity`` (``steps`` long); None if missing, another render's or damaged."""
+        self.flush()
         if not self.path.is_file():
             return None
         try:
@@ -98,17 +102,35 @@ class ResumeFile:
         return SolverState(step, x, tensors, order)
 
     def save(self, identity: str, steps: int, state: SolverState, manifest: dict | None = None) -> None:
-        """Write ``state`` atomically (never a half-written resume file, even when killed mid-write)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Hand ``state`` to the background writer: the tensors are copied to the host now, the file is
+        written atomically (a temporary file, then a rename) while the next step computes. A save that
+        is still writing when the next one comes is finished first: files go out in step order."""
         meta = {"format": FORMAT, "identity": identity, "steps": str(steps), "step": str(state.step),
-                "order": str(state.order), "manifest": json.dumps(manifest or {})}
-        tensors = {"x": state.x, **state.history}
+                "order": str(state.order), "manifest": json.dumps(manifest or {}, default=str)}
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in {"x": state.x, **state.history}.items()}
+        self.flush()
+        self._writing = self._pool().submit(self._write, tensors, meta)
+
+    def flush(self) -> None:
+        """Wait for the last save to reach the disk (and raise its error, if it failed)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+    def remove(self) -> None:
+        self.flush()
+        self.path.unlink(missing_ok=True)
+
+    def _write(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temp, metadata=meta)
+            save_file(tensors, temp, metadata=meta)
             os.replace(temp, self.path)
         finally:
             temp.unlink(missing_ok=True)
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wancore-resume")
+        return self._executor
