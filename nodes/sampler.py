@@ -10,6 +10,7 @@ from ..wan_core import (
     check_render,
     check_tensors,
     latent_preview,
+    manifest_versions,
     sample,
 )
 from . import host
@@ -78,5 +79,6 @@ class WanCoreSampler:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
                          render=RenderContext(device=device), interrupt=interrupt, stop_after=stop_after or None,
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
+                         manifest={"node": "WanCoreSampler", "settings": settings, "versions": manifest_versions()},
                          callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)), **conditioning)
         return ({"samples": raw.cpu()},)

@@ -128,8 +128,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("sampler", ["unipc", "dpm++", "euler"])
-def test_a_killed_cli_render_resumes_and_ends_bit_identical(tmp_path, sampler):
+@pytest.mark.parametrize(("task", "sampler"), [("t2v", "unipc"), ("t2v", "dpm++"), ("t2v", "euler"), ("i2v", "unipc")])
+def test_a_killed_cli_render_resumes_and_ends_bit_identical(tmp_path, task, sampler):
     import subprocess
     import sys
 
@@ -137,8 +137,16 @@ def test_a_killed_cli_render_resumes_and_ends_bit_identical(tmp_path, sampler):
 
     from wan_core.cli import main
 
-    assert main(_cli_args(tmp_path, "whole.mp4", "--sampler", sampler, "--resume", "off")) == 0
-    args = _cli_args(tmp_path, "killed.mp4", "--sampler", sampler)
+    extra = ["--sampler", sampler]
+    if task == "i2v":
+        image = wan_core.write_video(torch.rand(1, 96, 160, 3), tmp_path / "start", fmt="png") / "frame_00000.png"
+        extra += ["--image", str(image)]
+
+    def task_args(name, *more):
+        return [task, *_cli_args(tmp_path, name, *extra, *more)[1:]]
+
+    assert main(task_args("whole.mp4", "--resume", "off")) == 0
+    args = task_args("killed.mp4")
     killed = subprocess.run([sys.executable, "-c", KILL_AT, "4", *args], capture_output=True, text=True)
     assert killed.returncode == -9 and not (tmp_path / "killed.mp4").exists()
     assert (tmp_path / ".killed.mp4.resume.safetensors").is_file()

@@ -22,6 +22,9 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
     manifest = read_manifest(video)
     video = Path(video)
     task = manifest.get("task")
+    if "graph" in manifest:
+        raise InputError(f"{video} was written inside ComfyUI: drop it onto the ComfyUI canvas to load its workflow "
+                         "and queue it again (its manifest lists the model files and their hashes to check against)")
     if task not in ("t2v", "i2v", "flf2v"):
         raise InputError(f"{video}: its manifest names task {task!r}; replay knows t2v, i2v and flf2v")
     out = out or video.with_name(f"{video.stem}-replay{video.suffix}")
