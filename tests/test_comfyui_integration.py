@@ -22,6 +22,7 @@ import pytest
 from test_nodes import SMALL, _demo_overrides
 from workflow_runner import ROOT, load_workflow, node_classes, widget_inputs
 
+from wan_core import read_manifest
 from wan_core.demo import write_demo_models
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -113,6 +114,10 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         assert (len(frames), frames[0].height, frames[0].width) == (SMALL["frames"], SMALL["height"], SMALL["width"])
         ui_outputs = [o for o in history["outputs"].values() if "images" in o]
         assert ui_outputs and ui_outputs[0]["images"][0]["filename"] == videos[0].name
+        manifest = read_manifest(videos[0])  # model files found through ComfyUI's folders, hashed
+        assert any(v["class_type"] == "WanCoreSampler" for v in manifest["graph"].values())
+        assert all("hash" in ref for ref in manifest["models"].values()) and len(manifest["models"]) == 3
+        assert not list((base / "output" / "wancore_resume").glob("*"))  # the finished render removed its state
 
         # a bad value reaches the user as our message, raised before any work, and writes nothing
         bad = _demo_overrides()
