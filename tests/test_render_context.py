@@ -179,3 +179,25 @@ def test_the_text_encoders_block_loop_goes_through_a_runner_too(tmp_path):
     prompts = ["a red fox", "snow falling on a quiet street at night"]
     assert torch.equal(encoder.encode(prompts, runner=runner), encoder.encode(prompts))
     assert runner.blocks_run == encoder.model.config.num_layers
+
+
+@pytest.mark.parametrize("cfg", [T2V, I2V], ids=["t2v", "i2v"])
+def test_text_and_image_keys_values_are_made_once_per_render_with_the_same_result(cfg):
+    """Exact reuse: the embedded text / image tokens and every block's cross-attention keys and values are
+    computed once per render (not per step and CFG branch); the render is bit-identical to one without."""
+    model = _model(cfg, seed=6)
+    _, _, context, clip_fea, y = inputs(cfg, frames=2, seed=7)
+    image = {"clip_fea": clip_fea, "y": y} if cfg.has_image_branch else {}
+    calls = {"text": 0, "k": 0}
+    hooks = [model.text_embedding.register_forward_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1)),
+             model.blocks[1].cross_attn.k.register_forward_hook(lambda *a: calls.__setitem__("k", calls["k"] + 1))]
+    settings = dict(request=wan_core.SampleRequest(80, 64, 5), seed=3, steps=4, cfg=5.0, **image)
+    reused = wan_core.sample(model, context, context.flip(1), **settings, render=RenderContext())
+    assert calls == {"text": 1, "k": 1}  # 4 steps x (cond + uncond), computed once
+    calls.update(text=0, k=0)
+    every_step = wan_core.sample(model, context, context.flip(1), **settings,
+                                 render=RenderContext(precompute_keys_values=False))
+    assert calls["k"] == 4  # inside each block, at every step
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(reused, every_step)

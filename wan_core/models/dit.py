@@ -34,6 +34,10 @@ IMAGE_NORM_EPS = 1e-5
 """The CLIP-token projection uses LayerNorm's default epsilon, not the DiT's 1e-6."""
 
 
+KeysValues = tuple[torch.Tensor, ...]
+"""A block's cross-attention keys and values: (k, v) of the text, then (k_img, v_img) for i2v / flf2v."""
+
+
 @dataclass(frozen=True)
 class BlockInputs:
     """What every block of one forward pass reads besides the residual stream (made by ``embed``)."""
@@ -43,6 +47,7 @@ class BlockInputs:
     text: torch.Tensor  # [B, 512, C] compute dtype: the embedded text context
     image: torch.Tensor | None  # [B, 257 or 514, C] compute dtype: the embedded CLIP tokens (i2v / flf2v)
     attend: AttentionFn  # the render's attention backend
+    kv: tuple[KeysValues, ...] | None = None  # every block's cross-attention keys / values, made once per render
 
 
 @dataclass(frozen=True)
@@ -91,16 +96,21 @@ class CrossAttention(nn.Module):
             self.v_img = linear(dim, dim)
             self.norm_k_img = TokenRMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None,
-                attend: AttentionFn) -> torch.Tensor:
-        """x ``[B, L, C]``, context ``[B, 512, C]``, context_img ``[B, 257 or 514, C]`` or None."""
+    def keys_values(self, context: torch.Tensor, context_img: torch.Tensor | None) -> KeysValues:
+        """The text (and image) keys and values, ``[B, L, heads, d]`` each: the same for every step of a render."""
         split = (self.heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, split)
-        k = self.norm_k(self.k(context)).unflatten(-1, split)
-        out = attend(q, k, self.v(context).unflatten(-1, split))
+        kv = (self.norm_k(self.k(context)).unflatten(-1, split), self.v(context).unflatten(-1, split))
         if context_img is not None:
-            k_img = self.norm_k_img(self.k_img(context_img)).unflatten(-1, split)
-            out = out + attend(q, k_img, self.v_img(context_img).unflatten(-1, split))
+            kv += (self.norm_k_img(self.k_img(context_img)).unflatten(-1, split),
+                   self.v_img(context_img).unflatten(-1, split))
+        return kv
+
+    def forward(self, x: torch.Tensor, kv: KeysValues, attend: AttentionFn) -> torch.Tensor:
+        """x ``[B, L, C]``; kv from :meth:`keys_values` (text, then image when present) -> ``[B, L, C]``."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
+        out = attend(q, kv[0], kv[1])
+        if len(kv) == 4:
+            out = out + attend(q, kv[2], kv[3])
         return self.o(out)
 
 
@@ -111,9 +121,10 @@ class DiTBlock(nn.Module):
     in the model's compute dtype.
     """
 
-    def __init__(self, cfg: DiTConfig, linear: LinearFactory):
+    def __init__(self, cfg: DiTConfig, linear: LinearFactory, index: int = 0):
         super().__init__()
         dim = cfg.dim
+        self.index = index  # position in the stack: which of a render's precomputed keys / values are its own
         self.norm1 = FP32LayerNorm(dim, cfg.eps, affine=False)
         self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps, linear)
         self.norm3 = FP32LayerNorm(dim, cfg.eps, affine=True)
@@ -128,7 +139,8 @@ class DiTBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + inputs.e6).unsqueeze(2).unbind(1)
         h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)  # norm * (1 + scale) + shift, in one pass
         x = torch.addcmul(x, self.self_attn(h.to(dtype), inputs.rotation, inputs.attend).float(), gate1)
-        x = x + self.cross_attn(self.norm3(x).to(dtype), inputs.text, inputs.image, inputs.attend).float()
+        kv = inputs.kv[self.index] if inputs.kv is not None else self.cross_attn.keys_values(inputs.text, inputs.image)
+        x = x + self.cross_attn(self.norm3(x).to(dtype), kv, inputs.attend).float()
         h = torch.addcmul(shift2, self.norm2(x), 1 + scale2)
         return torch.addcmul(x, self.ffn(h.to(dtype)).float(), gate2)
 
@@ -208,7 +220,7 @@ class WanDiT(nn.Module):
         self.text_embedding = nn.Sequential(linear(cfg.text_dim, cfg.dim), gelu_tanh(), linear(cfg.dim, cfg.dim))
         self.time_embedding = nn.Sequential(linear(cfg.freq_dim, cfg.dim), nn.SiLU(), linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), linear(cfg.dim, cfg.dim * 6))
-        self.blocks = nn.ModuleList(DiTBlock(cfg, linear) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(DiTBlock(cfg, linear, i) for i in range(cfg.num_layers))
         self.head = Head(cfg, linear)
         if cfg.has_image_branch:
             self.img_emb = ImageProjection(cfg, linear)
@@ -249,10 +261,20 @@ class WanDiT(nn.Module):
         e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))  # [B, C] fp32
         e6 = self.time_projection(e).unflatten(1, (6, cfg.dim))  # [B, 6, C] fp32
 
-        context = nn.functional.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        with_kv = render.precompute_keys_values
+        text, image, kv = render.reuse(("conditioning", self), (context, clip_fea),
+                                       lambda: self._conditioning(context, clip_fea, dtype, with_kv))
+        return Embedded(tokens.float(), e, grid, BlockInputs(e6, rotation, text, image, render.attend, kv))
+
+    def _conditioning(self, context: torch.Tensor, clip_fea: torch.Tensor | None, dtype: torch.dtype,
+                      with_kv: bool) -> tuple:
+        """Embedded text ``[B, 512, C]``, image tokens and (``with_kv``) every block's keys / values: all
+        constant over a render, so a render context computes them once, not at every step and branch."""
+        context = nn.functional.pad(context.to(dtype), (0, 0, 0, self.config.text_len - context.shape[1]))
         text = self.text_embedding(context)  # [B, 512, C]
         image = self.img_emb(clip_fea).to(dtype) if clip_fea is not None else None
-        return Embedded(tokens.float(), e, grid, BlockInputs(e6, rotation, text, image, render.attend))
+        kv = tuple(block.cross_attn.keys_values(text, image) for block in self.blocks) if with_kv else None
+        return text, image, kv
 
     def run_blocks(self, embedded: Embedded, render: RenderContext | None = None) -> torch.Tensor:
         """The residual stream through every block, by the render's runner: ``[B, L, C]`` fp32."""

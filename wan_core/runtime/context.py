@@ -10,7 +10,7 @@ runner object of this context, so a new context starts clean.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +32,9 @@ class RenderContext:
     attention: str = DEFAULT_ATTENTION  # attention backend, by name (see runtime.attention)
     runner: BlockRunner = field(default_factory=ResidentRunner)  # executes the DiT's block loop
     patches: Mapping[str, WeightPatch] = field(default_factory=dict)  # {DiT parameter name: patch}
+    precompute_keys_values: bool = True  # every block's text / image keys, values once per render (2 x layers x text)
     _views: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(model) -> patched view
+    _reused: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # key -> (sources, value)
 
     def __post_init__(self) -> None:
         get_attention(self.attention)  # unknown or unusable backends fail when the context is made
@@ -55,6 +57,19 @@ class RenderContext:
         if self.device is not None:
             return self.device
         return next(model.parameters()).device
+
+    def reuse(self, key, sources: tuple, compute: Callable[[], object]):
+        """``compute()``, or its value from earlier in this render when called with the very same ``sources``
+        (the same tensor objects: the sampler hands the model one prompt tensor for every step).
+
+        A render context serves one render: its inputs are not changed in place while it runs.
+        """
+        held = self._reused.get(key)
+        if held is not None and len(held[0]) == len(sources) and all(a is b for a, b in zip(held[0], sources)):
+            return held[1]
+        value = compute()
+        self._reused[key] = (sources, value)  # holding the sources keeps their identities from being reused
+        return value
 
     def patched(self, model: nn.Module) -> nn.Module:
         """``model`` with this render's patches (a view made once per render and model), or ``model`` itself."""
