@@ -7,7 +7,7 @@ import argparse
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume"],
+    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -39,6 +39,10 @@ def main(argv=None) -> None:
         from . import resume
 
         resume.main()
+    elif args.what == "step":
+        from . import step
+
+        step.main(runs=args.runs or 3)
 
 
 if __name__ == "__main__":
