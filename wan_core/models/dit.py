@@ -49,6 +49,12 @@ class BlockInputs:
     attend: AttentionFn  # the render's attention backend
     kv: tuple[KeysValues, ...] | None = None  # every block's cross-attention keys / values, made once per render
 
+    def select(self, part: slice) -> BlockInputs:
+        """These inputs for the batch items ``part`` (the rotation is shared by all items)."""
+        kv = None if self.kv is None else tuple(tuple(t[part] for t in block_kv) for block_kv in self.kv)
+        image = None if self.image is None else self.image[part]
+        return BlockInputs(self.e6[part], self.rotation, self.text[part], image, self.attend, kv)
+
 
 @dataclass(frozen=True)
 class Embedded:

@@ -27,6 +27,9 @@ from .solvers import Denoise, SolverState, dpmpp_2m, euler, unipc
 
 log = logging.getLogger(__name__)
 
+RUNNER = "runner/"
+"""Prefix of a stateful block runner's (a step cache's) tensors inside a resume checkpoint."""
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -182,6 +185,9 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         state = resume.load(identity, schedule.steps)
         if state is not None:
             log.info("resuming from step %d of %d (%s)", state.step, schedule.steps, resume.path)
+            runner_state = {k[len(RUNNER):]: v for k, v in state.history.items() if k.startswith(RUNNER)}
+            if runner_state:
+                render.runner.load_state(runner_state)
     x = make_noise(shape, seed).to(device)
     if latent is not None and denoise < 1.0:
         s0 = schedule.sigmas[0].item()
@@ -203,6 +209,10 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     def checkpoint(solver_state: SolverState) -> None:
         if not is_finite(solver_state.x):
             return  # on_step stops the render right after; a non-finite state is never worth resuming
+        if hasattr(render.runner, "state"):  # a step cache: its state resumes with the solver's
+            extra = {RUNNER + k: v for k, v in render.runner.state().items()}
+            solver_state = SolverState(solver_state.step, solver_state.x, {**solver_state.history, **extra},
+                                       solver_state.order)
         resume.save(identity, schedule.steps, solver_state, manifest)
 
     log.info("sampling %s: %d steps, shift %s, cfg %s, latent %s", sampler, schedule.steps, shift, cfg, shape)

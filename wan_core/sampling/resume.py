@@ -64,7 +64,7 @@ def render_identity(model, tensors: dict[str, torch.Tensor | None], settings: di
         h.update(name.encode())
         _digest_tensor(h, tensor)
     numerics = {"attention": render.attention, "compute_dtype": str(render.dtype_for(model))
-                if isinstance(model, torch.nn.Module) else None}
+                if isinstance(model, torch.nn.Module) else None, "runner": getattr(render.runner, "identity", None)}
     h.update(json.dumps({**settings, **numerics}, sort_keys=True, default=str).encode())
     return h.hexdigest()
 

@@ -1,0 +1,121 @@
+"""Step caches against diffusers' cache hooks on WanTransformer3DModel (same random weights, schedule and
+thresholds): the same skip decisions per step and CFG branch, and the same render."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_dit_parity import _diffusers_model
+from tiny import T2V, random_official_state
+
+import wan_core
+from wan_core import RenderContext, SampleRequest
+from wan_core.runtime.step_cache import FirstBlockCache
+from wan_core.sampling.loop import build_schedule, make_noise
+
+STEPS, CFG, SHIFT, SEED = 10, 5.0, 5.0, 4
+REQUEST = SampleRequest(80, 64, 9)
+
+
+def _setup():
+    state = random_official_state(T2V, seed=12)
+    ours = wan_core.WanDiT(T2V)
+    ours.load_state_dict(state)
+    gen = torch.Generator().manual_seed(8)
+    # a strong prompt and an empty negative, so the two CFG branches' residuals differ enough to decide apart
+    context, negative = 4 * torch.randn(1, 7, T2V.text_dim, generator=gen), torch.zeros(1, 5, T2V.text_dim)
+    return ours.eval().requires_grad_(False), state, context, negative
+
+
+def _diffusers_render(state, context, negative, threshold):
+    """The same CFG Euler render on diffusers' model with its first-block cache, one cache context per branch
+    (as its WanPipeline runs them). Returns normalized latents and the decisions per call."""
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+    from diffusers.hooks.first_block_cache import FBCHeadBlockHook
+
+    model = _diffusers_model(T2V, state)
+    apply_first_block_cache(model, FirstBlockCacheConfig(threshold=threshold))
+    decisions = []
+    original = FBCHeadBlockHook._should_compute_remaining_blocks
+
+    def recording(self, residual):
+        decision = original(self, residual)
+        decisions.append(decision)
+        return decision
+
+    FBCHeadBlockHook._should_compute_remaining_blocks = recording
+    try:
+        schedule = build_schedule("euler", STEPS, SHIFT, 1.0)
+        x = make_noise(REQUEST.latent_shape(), SEED)
+        pad = lambda c: torch.nn.functional.pad(c, (0, 0, 0, 512 - c.shape[1]))  # noqa: E731
+        with torch.no_grad():
+            for i, t in enumerate(schedule.timesteps):
+                with model.cache_context("cond"):
+                    cond = model(x, t[None], pad(context), return_dict=False)[0]
+                with model.cache_context("uncond"):
+                    uncond = model(x, t[None], pad(negative), return_dict=False)[0]
+                x = x + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (uncond + CFG * (cond - uncond))
+    finally:
+        FBCHeadBlockHook._should_compute_remaining_blocks = original
+    return x, [tuple(decisions[i:i + 2]) for i in range(0, len(decisions), 2)]
+
+
+# With random weights the first block's residual moves by ~120-160% between steps (a trained model's moves
+# by a few percent), so the thresholds that make some steps skip here are around 1.2-1.5; at 1.475 the two
+# CFG branches decide differently at step 8 (the nearest change is 0.014 away from the threshold).
+@pytest.mark.parametrize("threshold", [0.5, 1.25, 1.475])
+def test_first_block_cache_equals_diffusers_hooks(threshold):
+    ours, state, context, negative = _setup()
+    cache = FirstBlockCache(threshold, branches=2)
+    raw = wan_core.sample(ours, context, negative, request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT,
+                          sampler="euler", render=RenderContext(runner=cache))
+    expected, decisions = _diffusers_render(state, context, negative, threshold)
+    assert cache.decisions == decisions
+    got = wan_core.normalize_latents(raw)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-4
+    if threshold > 1:
+        assert not all(all(d) for d in decisions), "no step was skipped: the test would not test the cache"
+    if threshold == 1.475:
+        assert (True, False) in decisions, "the branches never decided differently"
+
+
+def test_threshold_zero_is_the_uncached_render_bit_exactly():
+    ours, _, context, negative = _setup()
+    settings = dict(request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT)
+    cache = FirstBlockCache(0.0, branches=2)
+    cached = wan_core.sample(ours, context, negative, **settings, render=RenderContext(runner=cache))
+    assert torch.equal(cached, wan_core.sample(ours, context, negative, **settings))
+    assert cache.computed_steps == STEPS
+
+
+def test_start_steps_and_max_skips_bound_the_skipping():
+    ours, _, context, negative = _setup()
+    cache = FirstBlockCache(10.0, branches=2, start_steps=3, max_skips=2)  # would skip everything otherwise
+    wan_core.sample(ours, context, negative, request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG,
+                    render=RenderContext(runner=cache))
+    pattern = [all(d) for d in cache.decisions]
+    assert pattern[:3] == [True] * 3 and pattern[3:] == [False, False, True] * 2 + [False]
+    assert cache.decisions[3] == (False, False)
+
+
+def test_a_cached_render_resumes_bit_identically(tmp_path):
+    from wan_core.sampling.resume import ResumeFile
+
+    ours, _, context, negative = _setup()
+    settings = dict(request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT)
+    whole_cache = FirstBlockCache(1.25, branches=2)
+    whole = wan_core.sample(ours, context, negative, **settings, render=RenderContext(runner=whole_cache))
+    resume = ResumeFile(tmp_path / "slot.safetensors")
+    seen = []
+    with pytest.raises(wan_core.RenderInterrupted):
+        wan_core.sample(ours, context, negative, **settings, resume=resume,
+                        render=RenderContext(runner=FirstBlockCache(1.25, branches=2)),
+                        interrupt=lambda: seen.append(1) or len(seen) >= 4)
+    cache = FirstBlockCache(1.25, branches=2)
+    resumed = wan_core.sample(ours, context, negative, **settings, resume=resume, render=RenderContext(runner=cache))
+    assert torch.equal(resumed, whole) and cache.decisions == whole_cache.decisions
+    other = FirstBlockCache(1.5, branches=2)  # another threshold is another render: never resumed from this one
+    with pytest.raises(wan_core.RenderInterrupted):
+        wan_core.sample(ours, context, negative, **settings, resume=resume, render=RenderContext(runner=other),
+                        interrupt=lambda: True)
+    assert len(other.decisions) == 1
