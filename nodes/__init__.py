@@ -5,7 +5,7 @@ Reached only relatively from the pack root, never as a top-level ``nodes`` (Comf
 
 from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
 from .loaders import WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
-from .sampler import WanCoreSampler
+from .sampler import WanCoreCache, WanCoreSampler
 from .text import WanCoreTextEncode
 from .vae import WanCoreVAEDecode, WanCoreVAEEncode
 from .video import WanCoreLoadVideo, WanCoreVideoWriter
@@ -22,6 +22,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreLoadVideo": WanCoreLoadVideo,
     "WanCoreCLIPVisionLoader": WanCoreCLIPVisionLoader,
     "WanCoreImageToVideo": WanCoreImageToVideo,
+    "WanCoreCache": WanCoreCache,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -36,4 +37,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanCoreLoadVideo": "Wan Load Video (WanCore)",
     "WanCoreCLIPVisionLoader": "Wan CLIP Vision Loader (WanCore)",
     "WanCoreImageToVideo": "Wan Image To Video (WanCore)",
+    "WanCoreCache": "Wan Step Cache (WanCore)",
 }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from ..wan_core import (
+    CACHE_KINDS,
     SAMPLERS,
     RenderContext,
+    ResidentRunner,
     ResumeFile,
     SampleRequest,
+    StepCacheSettings,
+    cfg_branches,
     check_render,
     check_tensors,
     latent_preview,
@@ -59,10 +63,12 @@ class WanCoreSampler:
             "stop_after": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Stop after this many steps and "
                            "output the prediction of the final latent (a preview); queue again with 0 to continue "
                            "from there. 0: run all steps."}),
+            "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache: reuses most of the model at "
+                      "steps where it would barely change the result (faster, slightly different)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
-            latent=None, image_embeds=None, resume="auto", stop_after=0, unique_id=None):
+            latent=None, image_embeds=None, resume="auto", stop_after=0, cache=None, unique_id=None):
         host.render_started()
         start = None if latent is None else latent["samples"]
         request = SampleRequest(width, height, frames) if image_embeds is None else image_embeds.request()
@@ -77,8 +83,41 @@ class WanCoreSampler:
         progress = host.Progress(steps)
         with host.cancellable() as interrupt, host.on_compute_device(model) as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
-                         render=RenderContext(device=device), interrupt=interrupt, stop_after=stop_after or None,
+                         render=_render(device, cache, steps, embeds.negative, cfg), interrupt=interrupt,
+                         stop_after=stop_after or None,
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
                          manifest={"node": "WanCoreSampler", "settings": settings, "versions": manifest_versions()},
                          callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)), **conditioning)
         return ({"samples": raw.cpu()},)
+
+
+def _render(device, cache, steps: int, negative, cfg: float) -> RenderContext:
+    """This render's context: where it computes, and a fresh step cache when one is connected."""
+    runner = cache.runner(steps, cfg_branches(negative, cfg)) if cache is not None else ResidentRunner()
+    return RenderContext(device=device, runner=runner)
+
+
+class WanCoreCache:
+    DESCRIPTION = ("Settings of a step cache for WanCoreSampler's cache input. first_block: each step runs the "
+                   "first transformer block; when its change since the last full step is below the threshold, "
+                   "the other blocks are skipped and their last contribution reused (per CFG branch). Faster, at "
+                   "a small, threshold-dependent change of the video; resumable like any render.")
+    CATEGORY = "WanCore/sampling"
+    RETURN_TYPES = ("WANCORE_CACHE",)
+    RETURN_NAMES = ("cache",)
+    FUNCTION = "settings"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "kind": (list(CACHE_KINDS), {"default": "first_block", "tooltip": "The cache method."}),
+            "threshold": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip": "Higher "
+                          "reuses more steps: faster, further from the uncached video. 0 never reuses."}),
+            "start": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Share of the "
+                      "first steps that always run every block (the composition forms there)."}),
+            "max_skips": ("INT", {"default": 3, "min": 0, "max": 100, "tooltip": "At most this many reused steps "
+                          "in a row."}),
+        }}
+
+    def settings(self, kind, threshold, start, max_skips):
+        return (StepCacheSettings(kind, threshold, start, max_skips),)

@@ -119,3 +119,36 @@ def test_a_cached_render_resumes_bit_identically(tmp_path):
         wan_core.sample(ours, context, negative, **settings, resume=resume, render=RenderContext(runner=other),
                         interrupt=lambda: True)
     assert len(other.decisions) == 1
+
+
+def test_the_cache_through_the_nodes_and_the_cli(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from workflow_runner import load_pack
+
+    from wan_core.cli import main
+    from wan_core.demo import DEMO_FILES, write_demo_models
+
+    write_demo_models(tmp_path / "models")
+    monkeypatch.setenv("WANCORE_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("WANCORE_OUTPUT", str(tmp_path / "output"))
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    model = nodes["WanCoreModelLoader"]().load(DEMO_FILES["diffusion_models"], "default")[0]
+    encoder = nodes["WanCoreTextEncoderLoader"]().load(DEMO_FILES["text_encoders"], "default")[0]
+    embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "")[0]
+    settings = dict(width=64, height=48, frames=5, seed=1, steps=6, cfg=5.0, shift=5.0, sampler="unipc", denoise=1.0)
+    plain = nodes["WanCoreSampler"]().run(model, embeds, **settings, resume="off")[0]["samples"]
+    never = nodes["WanCoreCache"]().settings("first_block", 0.0, 0.0, 3)[0]
+    with_zero = nodes["WanCoreSampler"]().run(model, embeds, **settings, resume="off", cache=never)[0]["samples"]
+    assert torch.equal(with_zero, plain)
+    always = nodes["WanCoreCache"]().settings("first_block", 10.0, 0.0, 100)[0]  # reuse after the first step
+    reused = nodes["WanCoreSampler"]().run(model, embeds, **settings, resume="off", cache=always)[0]["samples"]
+    assert torch.isfinite(reused).all() and not torch.equal(reused, plain)
+
+    args = ["t2v", "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--steps", "4", "--frames",
+            "5", "--keep-latent", "--resume", "off"]
+    assert main([*args, "--out", str(tmp_path / "plain.mp4")]) == 0
+    assert main([*args, "--out", str(tmp_path / "zero.mp4"), "--cache", "first_block", "--cache-threshold", "0"]) == 0
+    assert torch.equal(load_file(tmp_path / "zero.latent.safetensors")["latent"],
+                       load_file(tmp_path / "plain.latent.safetensors")["latent"])
+    assert wan_core.read_manifest(tmp_path / "zero.mp4")["cache"]["kind"] == "first_block"
+    assert main([*args, "--out", str(tmp_path / "bad.mp4"), "--cache", "first_block", "--cache-start", "2"]) == 2

@@ -42,12 +42,15 @@ from .models.vae import WanVAE
 from .models.vae_tiling import decode_tiled, decode_with_fallback, encode_tiled, tile_for_budget
 from .pipeline import check_task, image_to_latent, image_to_video, text_to_latent, text_to_video
 from .runtime import (
+    CACHE_KINDS,
     DTYPES,
     AttentionBackend,
     BlockRunner,
+    FirstBlockCache,
     Placement,
     RenderContext,
     ResidentRunner,
+    StepCacheSettings,
     WeightDelta,
     attention_backends,
     default_compute_dtype,
@@ -56,7 +59,7 @@ from .runtime import (
     register_backend,
     resolve_placement,
 )
-from .sampling.loop import SAMPLERS, check_render, check_tensors, sample
+from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, sample
 from .sampling.request import SampleRequest, check_seed
 from .sampling.resume import ResumeFile
 from .video import (
@@ -92,11 +95,12 @@ __all__ = [
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "ClipVision", "PRESETS", "DiTConfig", "detect",
     "WanDiT", "TextEncoder", "WanVAE", "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",
     # runtime
-    "DTYPES", "AttentionBackend", "BlockRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta",
+    "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "StepCacheSettings", "BlockRunner", "Placement",
+    "RenderContext", "ResidentRunner", "WeightDelta",
     "attention_backends", "default_compute_dtype", "get_attention", "parse_dtype", "register_backend",
     "resolve_placement",
     # sampling
-    "SAMPLERS", "SampleRequest", "ResumeFile", "check_render", "check_seed", "check_tensors", "sample",
+    "SAMPLERS", "SampleRequest", "ResumeFile", "cfg_branches", "check_render", "check_seed", "check_tensors", "sample",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

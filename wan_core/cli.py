@@ -99,6 +99,13 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--stop-after", type=int, default=0,
                      help="stop after this many steps, write a preview (<out>.step-N) and keep the state to "
                           "continue later (default: 0, run to the end)")
+    t2v.add_argument("--cache", default="off", choices=["off", "first_block"],
+                     help="a step cache: reuse most of the model at steps where it barely changes (default: off)")
+    t2v.add_argument("--cache-threshold", type=float, default=0.05,
+                     help="higher reuses more steps; 0 never (default: 0.05)")
+    t2v.add_argument("--cache-start", type=float, default=0.2,
+                     help="share of the first steps that always run every block (default: 0.2)")
+    t2v.add_argument("--cache-max-skips", type=int, default=3, help="reused steps in a row at most (default: 3)")
     t2v.add_argument("--keep-latent", action="store_true",
                      help="also save the raw latent as <out>.latent.safetensors (always done when decoding fails)")
     t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16"],
@@ -128,7 +135,9 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     """Load the models and sample; the solver's state is kept beside ``--out`` after every step."""
     from . import (
         RenderContext,
+        ResidentRunner,
         ResumeFile,
+        cfg_branches,
         image_to_latent,
         load_clip_vision,
         load_dit,
@@ -147,8 +156,10 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         log.info("step %d/%d", step + 1, total)
 
     resume = ResumeFile(_beside(args.out, ".resume.safetensors")) if args.resume == "auto" else None
+    runner = (plan.cache.runner(plan.size["steps"], cfg_branches(args.negative, args.cfg))
+              if plan.cache is not None else ResidentRunner())
     common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-                  render=RenderContext(device=plan.device), callback=progress, resume=resume,
+                  render=RenderContext(device=plan.device, runner=runner), callback=progress, resume=resume,
                   stop_after=args.stop_after or None, manifest=manifest, **plan.size)
     if plan.images:
         clip = load_clip_vision(plan.paths["clip_vision"], **compute)
@@ -209,7 +220,8 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
         "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items()},
         "images": [file_ref(name) for name in names if name is not None],
         "seed": args.seed, "cfg": args.cfg, "shift": args.shift, "sampler": args.sampler, "fps": args.fps,
-        **plan.size, "attention": "sdpa", "caches": None, "loras": [], "device": str(plan.device),
+        **plan.size, "attention": "sdpa", "loras": [], "device": str(plan.device),
+        "cache": None if plan.cache is None else vars(plan.cache),
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }
 
@@ -223,6 +235,7 @@ class _Plan:
     fmt: str
     device: object
     images: tuple
+    cache: object = None  # StepCacheSettings, or None
     models: dict = field(default_factory=dict)  # filled as they load (the VAE, for the decode)
 
 
@@ -231,7 +244,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     its header, the model kind against the task, images, and the render's settings and memory."""
     import torch
 
-    from . import check_fps, check_render, read_image, resolve_placement, video_format
+    from . import StepCacheSettings, check_fps, check_render, read_image, resolve_placement, video_format
     from .demo import DEMO_SIZE, write_demo_models
     from .loading.checkpoint import inspect_kind
     from .loading.dit import inspect_dit
@@ -269,7 +282,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
     request = SampleRequest(size["width"], size["height"], size["frames"])
     check_render(config, request.latent_shape(), seed=args.seed, steps=size["steps"], cfg=args.cfg,
                  shift=args.shift, sampler=args.sampler, device=device, compute_dtype=placement.compute_dtype)
-    return _Plan(paths, size, fmt, device, images)
+    cache = None if args.cache == "off" else StepCacheSettings(args.cache, args.cache_threshold, args.cache_start,
+                                                               args.cache_max_skips)
+    return _Plan(paths, size, fmt, device, images, cache)
 
 
 def _terminate(signum, frame) -> None:

@@ -35,6 +35,10 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
         argv += [f"--{key.replace('_', '-')}", str(manifest[key])]
     if manifest.get("compute_dtype"):
         argv += ["--compute-dtype", manifest["compute_dtype"]]
+    cache = manifest.get("cache")
+    if cache:
+        argv += ["--cache", cache["kind"], "--cache-threshold", str(cache["threshold"]), "--cache-start",
+                 str(cache["start"]), "--cache-max-skips", str(cache["max_skips"])]
     if manifest.get("demo"):
         argv.append("--demo")  # the demo models are written again, identical, under --models/demo
     else:

@@ -5,8 +5,9 @@ from .context import RenderContext
 from .patches import WeightDelta, WeightPatch, patched_view
 from .placement import DTYPES, Placement, default_compute_dtype, parse_dtype, resolve_placement
 from .runners import BlockRunner, InterruptibleRunner, ResidentRunner
+from .step_cache import CACHE_KINDS, FirstBlockCache, StepCacheSettings
 
 __all__ = ["AttentionBackend", "attention_backends", "get_attention", "register_backend", "sdpa_attention",
            "RenderContext", "WeightDelta", "WeightPatch", "patched_view", "DTYPES", "Placement",
            "default_compute_dtype", "parse_dtype", "resolve_placement", "BlockRunner", "InterruptibleRunner",
-           "ResidentRunner"]
+           "ResidentRunner", "CACHE_KINDS", "FirstBlockCache", "StepCacheSettings"]

@@ -104,6 +104,33 @@ class FirstBlockCache:
         return sum(all(d) for d in self.decisions)
 
 
+CACHE_KINDS = ("first_block",)
+
+
+@dataclass(frozen=True)
+class StepCacheSettings:
+    """A step cache as a render setting (the node's and the CLI's); :meth:`runner` makes one per render."""
+
+    kind: str = "first_block"
+    threshold: float = 0.05  # relative change of the first block's residual below which a step is reused
+    start: float = 0.2  # share of the first steps that always run every block (composition forms there)
+    max_skips: int | None = 3  # at most this many reused steps in a row (None: no limit)
+
+    def __post_init__(self) -> None:
+        if self.kind not in CACHE_KINDS:
+            raise InputError(f"step cache {self.kind!r} is unknown; choose one of {', '.join(CACHE_KINDS)}")
+        if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold < float("inf")):
+            raise InputError(f"cache threshold must be a finite number >= 0, got {self.threshold!r} (0: never reuse)")
+        if not 0 <= self.start <= 1:
+            raise InputError(f"cache start must be a share of the steps from 0 to 1, got {self.start!r}")
+        if self.max_skips is not None and self.max_skips < 0:
+            raise InputError(f"cache max_skips must be >= 0 or None, got {self.max_skips!r}")
+
+    def runner(self, steps: int, branches: int) -> FirstBlockCache:
+        """A fresh cache for a render of ``steps`` steps whose batch holds ``branches`` CFG branches."""
+        return FirstBlockCache(self.threshold, branches, round(self.start * steps), self.max_skips)
+
+
 def _run(blocks: Sequence[nn.Module], h: torch.Tensor, inputs) -> torch.Tensor:
     for block in blocks:
         h = block(h, inputs)

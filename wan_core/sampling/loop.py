@@ -52,6 +52,11 @@ def make_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
+def cfg_branches(negative: torch.Tensor | None, scale: float) -> int:
+    """How many CFG branches share each model call's batch: 2 (cond, then uncond), or 1 without guidance."""
+    return 1 if negative is None or scale == 1.0 else 2
+
+
 def cfg_denoiser(model: Callable[..., torch.Tensor], context: torch.Tensor, negative: torch.Tensor | None,
                  scale: float, **conditioning) -> Denoise:
     """``denoise(x, t)`` = uncond + scale (cond - uncond); both halves run as one batch of 2B.
@@ -60,7 +65,7 @@ def cfg_denoiser(model: Callable[..., torch.Tensor], context: torch.Tensor, nega
     unconditional pass is skipped. ``conditioning`` (clip_fea, y, render) goes to both halves
     (tensors doubled, anything else passed as it is).
     """
-    if negative is None or scale == 1.0:
+    if cfg_branches(negative, scale) == 1:
         return lambda x, t: model(x, t.expand(x.shape[0]), context, **conditioning).float()
     length = max(context.shape[1], negative.shape[1])
     pad = lambda c: torch.nn.functional.pad(c, (0, 0, 0, length - c.shape[1]))  # noqa: E731
