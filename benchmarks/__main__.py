@@ -7,7 +7,7 @@ import argparse
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step"],
+    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -43,6 +43,10 @@ def main(argv=None) -> None:
         from . import step
 
         step.main(runs=args.runs or 3)
+    elif args.what == "speed":
+        from . import speed
+
+        speed.main()
 
 
 if __name__ == "__main__":
