@@ -54,6 +54,7 @@ def main() -> None:
     rows += [(f"first-block {t}", {}, wan_core.FirstBlockCache(t, branches=2)) for t in (0.05, 1.2, 1.3, 1.5)]
     print(f"Whole demo renders ({SIZE['frames']} frames {SIZE['width']}x{SIZE['height']}, {STEPS} UniPC steps, cfg "
           f"{CFG}), CPU, {torch.get_num_threads()} threads; drift against the exact render")
+    wan_core.sample(dit, embeds.positive, embeds.negative, request=wan_core.SampleRequest(**SIZE), steps=2)  # warm-up
     reference = None
     for name, options, cache in rows:
         runner = _Counting(cache)
