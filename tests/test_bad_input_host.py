@@ -233,3 +233,13 @@ def test_cli_treats_sigterm_like_ctrl_c(tmp_path):
               "cli.run = run\nsys.exit(cli.main([]))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 130 and "interrupted; nothing was written" in result.stderr
+
+
+def test_sampler_node_refuses_what_cannot_fit_before_moving_the_model(env, monkeypatch):  # noqa: F811
+    nodes, model, _, embeds = _t2v_graph(env)
+    pack = load_pack()
+    monkeypatch.setattr(pack.wan_core.runtime.memory, "available_bytes", lambda device: 2**10)
+    with _nothing_moved(monkeypatch) as moved, pytest.raises(pack.wan_core.InputError,
+                                                             match=r"needs about .* GiB on .*render fewer frames"):
+        nodes["WanCoreSampler"]().run(model, embeds, **SETTINGS)
+    assert moved == []
