@@ -10,6 +10,7 @@ from ..wan_core import (
     ResumeFile,
     SampleRequest,
     StepCacheSettings,
+    attention_backends,
     cfg_branches,
     check_render,
     check_tensors,
@@ -63,12 +64,16 @@ class WanCoreSampler:
             "stop_after": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Stop after this many steps and "
                            "output the prediction of the final latent (a preview); queue again with 0 to continue "
                            "from there. 0: run all steps."}),
+            "attention": (attention_backends(), {"default": "sdpa", "tooltip": "Attention kernel: sdpa (PyTorch, "
+                          "everywhere), flash (flash-attn) or sage (SageAttention) on CUDA GPUs, auto (the fastest "
+                          "installed). One that cannot run here falls back to sdpa (logged)."}),
             "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache: reuses most of the model at "
                       "steps where it would barely change the result (faster, slightly different)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
-            latent=None, image_embeds=None, resume="auto", stop_after=0, cache=None, unique_id=None):
+            latent=None, image_embeds=None, resume="auto", stop_after=0, attention="sdpa", cache=None,
+            unique_id=None):
         host.render_started()
         start = None if latent is None else latent["samples"]
         request = SampleRequest(width, height, frames) if image_embeds is None else image_embeds.request()
@@ -83,7 +88,7 @@ class WanCoreSampler:
         progress = host.Progress(steps)
         with host.cancellable() as interrupt, host.on_compute_device(model) as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
-                         render=_render(device, cache, steps, embeds.negative, cfg), interrupt=interrupt,
+                         render=_render(device, attention, cache, steps, embeds.negative, cfg), interrupt=interrupt,
                          stop_after=stop_after or None,
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
                          manifest={"node": "WanCoreSampler", "settings": settings, "versions": manifest_versions()},
@@ -91,10 +96,10 @@ class WanCoreSampler:
         return ({"samples": raw.cpu()},)
 
 
-def _render(device, cache, steps: int, negative, cfg: float) -> RenderContext:
-    """This render's context: where it computes, and a fresh step cache when one is connected."""
+def _render(device, attention: str, cache, steps: int, negative, cfg: float) -> RenderContext:
+    """This render's context: where it computes, its attention kernel, a fresh step cache when one is connected."""
     runner = cache.runner(steps, cfg_branches(negative, cfg)) if cache is not None else ResidentRunner()
-    return RenderContext(device=device, runner=runner)
+    return RenderContext(device=device, attention=attention, runner=runner)
 
 
 class WanCoreCache:

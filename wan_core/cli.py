@@ -16,6 +16,7 @@ from pathlib import Path
 from .constants import NEGATIVE_PROMPT
 from .errors import InputError, WanCoreError
 from .manifest import MANIFEST_KEY, dumps
+from .runtime.attention import attention_backends
 from .runtime.placement import DTYPES
 
 log = logging.getLogger("wan_core.cli")
@@ -99,6 +100,9 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--stop-after", type=int, default=0,
                      help="stop after this many steps, write a preview (<out>.step-N) and keep the state to "
                           "continue later (default: 0, run to the end)")
+    t2v.add_argument("--attention", default="sdpa", choices=attention_backends(),
+                     help="attention kernel: sdpa, flash / sage (CUDA, fp16 / bf16), auto; one that cannot run here "
+                          "falls back to sdpa with a log line (default: sdpa)")
     t2v.add_argument("--cache", default="off", choices=["off", "first_block"],
                      help="a step cache: reuse most of the model at steps where it barely changes (default: off)")
     t2v.add_argument("--cache-threshold", type=float, default=0.05,
@@ -159,7 +163,8 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     runner = (plan.cache.runner(plan.size["steps"], cfg_branches(args.negative, args.cfg))
               if plan.cache is not None else ResidentRunner())
     common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-                  render=RenderContext(device=plan.device, runner=runner), callback=progress, resume=resume,
+                  render=RenderContext(device=plan.device, attention=args.attention, runner=runner),
+                  callback=progress, resume=resume,
                   stop_after=args.stop_after or None, manifest=manifest, **plan.size)
     if plan.images:
         clip = load_clip_vision(plan.paths["clip_vision"], **compute)
@@ -220,7 +225,7 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
         "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items()},
         "images": [file_ref(name) for name in names if name is not None],
         "seed": args.seed, "cfg": args.cfg, "shift": args.shift, "sampler": args.sampler, "fps": args.fps,
-        **plan.size, "attention": "sdpa", "loras": [], "device": str(plan.device),
+        **plan.size, "attention": args.attention, "loras": [], "device": str(plan.device),
         "cache": None if plan.cache is None else vars(plan.cache),
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }

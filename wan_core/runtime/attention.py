@@ -3,11 +3,15 @@
 A backend is ``attend(q, k, v) -> out`` with q ``[B, Lq, heads, d]``, k and v ``[B, Lk, heads, d]``
 and out ``[B, Lq, heads * d]``: softmax attention with the 1/sqrt(d) scale, no mask. A render picks
 one by name through its :class:`~wan_core.runtime.context.RenderContext`; nothing is patched at
-module level. Faster kernels register here under their own names (DESIGN §12).
+module level. "flash" (flash-attn) and "sage" (SageAttention) run on CUDA in fp16 / bf16; a backend
+that cannot run here falls back to "sdpa" with one log line naming why; "auto" picks the fastest
+that can run.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,22 +52,75 @@ def register_backend(backend: AttentionBackend) -> None:
 
 
 def attention_backends() -> list[str]:
-    """Names of the registered backends, default first."""
-    return list(_BACKENDS)
+    """Names to choose from: the registered backends (default first), then "auto"."""
+    return [*_BACKENDS, AUTO]
 
 
 def get_attention(name: str) -> AttentionBackend:
-    """The backend called ``name``; an unknown or unusable name is an :class:`InputError` saying why."""
+    """The backend called ``name``, or ``sdpa`` (with one log line saying why) when it cannot run here.
+
+    "auto" is the fastest that can run: flash, then sage, then sdpa. An unknown name is an
+    :class:`InputError` listing the known ones.
+    """
+    if name == AUTO:
+        for candidate in ("flash", "sage"):
+            if candidate in _BACKENDS and not _BACKENDS[candidate].unavailable():
+                return _BACKENDS[candidate]
+        return _BACKENDS[DEFAULT_ATTENTION]
     backend = _BACKENDS.get(name)
     if backend is None:
-        raise InputError(f"attention backend {name!r} is unknown; choose one of {', '.join(_BACKENDS)}")
+        raise InputError(f"attention backend {name!r} is unknown; choose one of {', '.join([*_BACKENDS, AUTO])}")
     reason = backend.unavailable()
     if reason:
-        raise InputError(f"attention backend {name!r} cannot run here: {reason}; use 'sdpa'")
+        if name not in _WARNED:
+            log.warning("attention backend %r cannot run here (%s); using sdpa", name, reason)
+            _WARNED.add(name)
+        return _BACKENDS[DEFAULT_ATTENTION]
     return backend
 
 
 DEFAULT_ATTENTION = "sdpa"
+AUTO = "auto"
+_WARNED: set[str] = set()
+
+
+def _missing(module: str, package: str) -> Callable[[], str | None]:
+    """``unavailable()`` for a CUDA kernel package: why it cannot run, or None."""
+    def unavailable() -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"the {package} package is not installed (pip install {package})"
+        if not torch.cuda.is_available():
+            return f"{package} needs a CUDA GPU"
+        return None
+
+    return unavailable
+
+
+def _half_precision(kernel: AttentionFn) -> AttentionFn:
+    """A CUDA kernel that takes fp16 / bf16 only; other dtypes (fp32 renders) go to sdpa."""
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if q.dtype not in (torch.float16, torch.bfloat16) or not q.is_cuda:
+            return sdpa_attention(q, k, v)
+        return kernel(q, k, v).flatten(2)
+
+    return attend
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from flash_attn import flash_attn_func
+
+    return flash_attn_func(q, k, v)  # [B, L, heads, d] in and out
+
+
+def _sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="NHD")  # [B, L, heads, d] in and out
+
 
 register_backend(AttentionBackend(DEFAULT_ATTENTION, sdpa_attention,
                                   description="torch scaled_dot_product_attention (every device)"))
+register_backend(AttentionBackend("flash", _half_precision(_flash), _missing("flash_attn", "flash-attn"),
+                                  "flash-attn 2 kernels (CUDA, fp16 / bf16)"))
+register_backend(AttentionBackend("sage", _half_precision(_sage), _missing("sageattention", "sageattention"),
+                                  "SageAttention quantized kernels (CUDA, fp16 / bf16)"))
