@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..wan_core import (
     CACHE_KINDS,
     SAMPLERS,
+    CompiledRunner,
     RenderContext,
     ResidentRunner,
     ResumeFile,
@@ -67,13 +68,15 @@ class WanCoreSampler:
             "attention": (attention_backends(), {"default": "sdpa", "tooltip": "Attention kernel: sdpa (PyTorch, "
                           "everywhere), flash (flash-attn) or sage (SageAttention) on CUDA GPUs, auto (the fastest "
                           "installed). One that cannot run here falls back to sdpa (logged)."}),
+            "compile": ("BOOLEAN", {"default": False, "tooltip": "Compile the transformer blocks with "
+                        "torch.compile: the first render at a size pays a compile (minutes), later ones run faster."}),
             "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache: reuses most of the model at "
                       "steps where it would barely change the result (faster, slightly different)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
-            latent=None, image_embeds=None, resume="auto", stop_after=0, attention="sdpa", cache=None,
-            unique_id=None):
+            latent=None, image_embeds=None, resume="auto", stop_after=0, attention="sdpa", compile=False,
+            cache=None, unique_id=None):
         host.render_started()
         start = None if latent is None else latent["samples"]
         request = SampleRequest(width, height, frames) if image_embeds is None else image_embeds.request()
@@ -88,7 +91,8 @@ class WanCoreSampler:
         progress = host.Progress(steps)
         with host.cancellable() as interrupt, host.on_compute_device(model) as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
-                         render=_render(device, attention, cache, steps, embeds.negative, cfg), interrupt=interrupt,
+                         render=_render(device, attention, compile, cache, steps, embeds.negative, cfg),
+                         interrupt=interrupt,
                          stop_after=stop_after or None,
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
                          manifest={"node": "WanCoreSampler", "settings": settings, "versions": manifest_versions()},
@@ -96,10 +100,11 @@ class WanCoreSampler:
         return ({"samples": raw.cpu()},)
 
 
-def _render(device, attention: str, cache, steps: int, negative, cfg: float) -> RenderContext:
-    """This render's context: where it computes, its attention kernel, a fresh step cache when one is connected."""
+def _render(device, attention: str, compiled: bool, cache, steps: int, negative, cfg: float) -> RenderContext:
+    """This render's context: where it computes, its attention kernel, a fresh step cache when one is connected,
+    compiled blocks when asked."""
     runner = cache.runner(steps, cfg_branches(negative, cfg)) if cache is not None else ResidentRunner()
-    return RenderContext(device=device, attention=attention, runner=runner)
+    return RenderContext(device=device, attention=attention, runner=CompiledRunner(runner) if compiled else runner)
 
 
 class WanCoreCache:

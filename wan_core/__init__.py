@@ -46,6 +46,7 @@ from .runtime import (
     DTYPES,
     AttentionBackend,
     BlockRunner,
+    CompiledRunner,
     FirstBlockCache,
     Placement,
     RenderContext,
@@ -95,8 +96,8 @@ __all__ = [
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "ClipVision", "PRESETS", "DiTConfig", "detect",
     "WanDiT", "TextEncoder", "WanVAE", "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",
     # runtime
-    "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "StepCacheSettings", "BlockRunner", "Placement",
-    "RenderContext", "ResidentRunner", "WeightDelta",
+    "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "StepCacheSettings", "BlockRunner",
+    "CompiledRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta",
     "attention_backends", "default_compute_dtype", "get_attention", "parse_dtype", "register_backend",
     "resolve_placement",
     # sampling

@@ -103,6 +103,8 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--attention", default="sdpa", choices=attention_backends(),
                      help="attention kernel: sdpa, flash / sage (CUDA, fp16 / bf16), auto; one that cannot run here "
                           "falls back to sdpa with a log line (default: sdpa)")
+    t2v.add_argument("--compile", action="store_true",
+                     help="compile the transformer blocks with torch.compile (the first render pays a compile)")
     t2v.add_argument("--cache", default="off", choices=["off", "first_block"],
                      help="a step cache: reuse most of the model at steps where it barely changes (default: off)")
     t2v.add_argument("--cache-threshold", type=float, default=0.05,
@@ -138,6 +140,7 @@ def run(argv: list[str] | None = None) -> Path:
 def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     """Load the models and sample; the solver's state is kept beside ``--out`` after every step."""
     from . import (
+        CompiledRunner,
         RenderContext,
         ResidentRunner,
         ResumeFile,
@@ -163,7 +166,8 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     runner = (plan.cache.runner(plan.size["steps"], cfg_branches(args.negative, args.cfg))
               if plan.cache is not None else ResidentRunner())
     common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-                  render=RenderContext(device=plan.device, attention=args.attention, runner=runner),
+                  render=RenderContext(device=plan.device, attention=args.attention,
+                                       runner=CompiledRunner(runner) if args.compile else runner),
                   callback=progress, resume=resume,
                   stop_after=args.stop_after or None, manifest=manifest, **plan.size)
     if plan.images:
@@ -225,7 +229,7 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
         "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items()},
         "images": [file_ref(name) for name in names if name is not None],
         "seed": args.seed, "cfg": args.cfg, "shift": args.shift, "sampler": args.sampler, "fps": args.fps,
-        **plan.size, "attention": args.attention, "loras": [], "device": str(plan.device),
+        **plan.size, "attention": args.attention, "compile": args.compile, "loras": [], "device": str(plan.device),
         "cache": None if plan.cache is None else vars(plan.cache),
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }

@@ -35,7 +35,7 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
         argv += [f"--{key.replace('_', '-')}", str(manifest[key])]
     if manifest.get("compute_dtype"):
         argv += ["--compute-dtype", manifest["compute_dtype"]]
-    argv += ["--attention", manifest.get("attention", "sdpa")]
+    argv += ["--attention", manifest.get("attention", "sdpa")] + (["--compile"] if manifest.get("compile") else [])
     cache = manifest.get("cache")
     if cache:
         argv += ["--cache", cache["kind"], "--cache-threshold", str(cache["threshold"]), "--cache-start",

@@ -4,10 +4,11 @@ from .attention import AttentionBackend, attention_backends, get_attention, regi
 from .context import RenderContext
 from .patches import WeightDelta, WeightPatch, patched_view
 from .placement import DTYPES, Placement, default_compute_dtype, parse_dtype, resolve_placement
-from .runners import BlockRunner, InterruptibleRunner, ResidentRunner
+from .runners import BlockRunner, CompiledRunner, InterruptibleRunner, ResidentRunner
 from .step_cache import CACHE_KINDS, FirstBlockCache, StepCacheSettings
 
 __all__ = ["AttentionBackend", "attention_backends", "get_attention", "register_backend", "sdpa_attention",
            "RenderContext", "WeightDelta", "WeightPatch", "patched_view", "DTYPES", "Placement",
-           "default_compute_dtype", "parse_dtype", "resolve_placement", "BlockRunner", "InterruptibleRunner",
+           "default_compute_dtype", "parse_dtype", "resolve_placement", "BlockRunner", "CompiledRunner",
+           "InterruptibleRunner",
            "ResidentRunner", "CACHE_KINDS", "FirstBlockCache", "StepCacheSettings"]

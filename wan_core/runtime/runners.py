@@ -52,3 +52,32 @@ class InterruptibleRunner:
                 raise RenderInterrupted(f"{self.what} interrupted before block {i + 1} of {len(blocks)}")
             h = block(h, *args)
         return h
+
+
+class CompiledRunner:
+    """Runs each block through ``torch.compile`` (Inductor), wrapping another runner's loop or the plain one.
+
+    Blocks are compiled whole (``fullgraph``: a graph break is an error, not a silent slowdown); the
+    compiled code is cached by torch per block code and input shapes, so a second render with another
+    seed, prompt or step count at the same size compiles nothing. The first render pays the compile.
+    """
+
+    def __init__(self, inner: BlockRunner | None = None, mode: str | None = None):
+        self.inner = inner or ResidentRunner()
+        self.mode = mode
+        self._compiled: dict[int, nn.Module] = {}
+
+    def __call__(self, blocks: Sequence[nn.Module], h: torch.Tensor, *args) -> torch.Tensor:
+        compiled = [self._compile(block) for block in blocks]
+        return self.inner(compiled, h, *args)
+
+    def __getattr__(self, name: str):
+        """The wrapped runner's identity, state and records (a step cache's), as if it ran alone."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _compile(self, block: nn.Module) -> nn.Module:
+        if id(block) not in self._compiled:
+            self._compiled[id(block)] = torch.compile(block, fullgraph=True, mode=self.mode)
+        return self._compiled[id(block)]
