@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..wan_core import RenderInterrupted
+from ..wan_core import RenderInterrupted, available_bytes
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm
@@ -121,9 +121,7 @@ def free_memory(device: torch.device) -> int:
     """Bytes free on ``device`` for activations."""
     if IN_COMFYUI:
         return int(_mm.get_free_memory(device))
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available_bytes(device)
 
 
 def release_memory() -> None:

@@ -240,3 +240,11 @@ def test_resume_with_weight_patches_and_a_changed_patch(tmp_path, caplog):
     with pytest.raises(RenderInterrupted):
         wan_core.sample(model, context, negative, **settings, resume=resume, interrupt=_interrupt_at(3))
     assert torch.equal(wan_core.sample(model, context, negative, **settings, resume=resume), whole)
+
+
+def test_a_killed_renders_half_written_checkpoint_is_removed(tmp_path):
+    dead = int(open("/proc/sys/kernel/pid_max").read()) + 1  # no process can have this id
+    leftover = tmp_path / f".slot.{dead}-0123abcd.partial.safetensors"
+    leftover.write_bytes(b"half a checkpoint")
+    assert ResumeFile(tmp_path / "slot.safetensors").load("identity", 6) is None
+    assert not leftover.exists()

@@ -60,6 +60,7 @@ from .runtime import (
     register_backend,
     resolve_placement,
 )
+from .runtime.memory import available_bytes
 from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, sample
 from .sampling.request import SampleRequest, check_seed
 from .sampling.resume import ResumeFile
@@ -98,8 +99,8 @@ __all__ = [
     # runtime
     "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "StepCacheSettings", "BlockRunner",
     "CompiledRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta",
-    "attention_backends", "default_compute_dtype", "get_attention", "parse_dtype", "register_backend",
-    "resolve_placement",
+    "attention_backends", "available_bytes", "default_compute_dtype", "get_attention", "parse_dtype",
+    "register_backend", "resolve_placement",
     # sampling
     "SAMPLERS", "SampleRequest", "ResumeFile", "cfg_branches", "check_render", "check_seed", "check_tensors", "sample",
     # video files

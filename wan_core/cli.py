@@ -209,9 +209,11 @@ def _keep_latent(raw, out: Path, manifest: dict) -> Path:
     """Save the RAW latent next to the output, atomically: ``<name>.latent.safetensors``."""
     from safetensors.torch import save_file
 
+    from .files import temporary_path
+
     path = out.with_name(f"{out.stem}.latent.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _beside(path, ".partial")
+    temp = temporary_path(path)
     save_file({"latent": raw.detach().contiguous().cpu()}, temp, metadata={MANIFEST_KEY: dumps(manifest)})
     os.replace(temp, path)
     log.warning("raw latent kept at %s (decode it later with the VAE)", path)
@@ -255,11 +257,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
     from . import StepCacheSettings, check_fps, check_render, read_image, resolve_placement, video_format
     from .demo import DEMO_SIZE, write_demo_models
+    from .files import check_file_name
     from .loading.checkpoint import inspect_kind
     from .loading.dit import inspect_dit
     from .pipeline import check_task
     from .sampling.request import SampleRequest
-    from .video.paths import check_file_name
 
     image_task = args.task != "t2v"
     fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render

@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .runners import ResidentRunner
+
+_REST = ResidentRunner()  # the remaining blocks, one after the other
 
 
 @dataclass
@@ -53,14 +56,14 @@ class FirstBlockCache:
         compute = tuple(self._should_compute(state, residual[part]) for state, part in zip(self._state, parts))
         self.decisions.append(compute)
         if all(compute):  # the whole batch at once: with threshold 0 this is exactly the uncached render
-            out = _run(rest, first, inputs)
+            out = _REST(rest, first, inputs)
             for state, part in zip(self._state, parts):
                 state.head_residual, state.tail, state.skipped = residual[part], out[part] - first[part], 0
             return out
         pieces = []
         for state, part, run in zip(self._state, parts, compute):
             if run:
-                out = _run(rest, first[part], inputs.select(part))
+                out = _REST(rest, first[part], inputs.select(part))
                 state.head_residual, state.tail, state.skipped = residual[part], out - first[part], 0
             else:
                 out = first[part] + state.tail
@@ -129,9 +132,3 @@ class StepCacheSettings:
     def runner(self, steps: int, branches: int) -> FirstBlockCache:
         """A fresh cache for a render of ``steps`` steps whose batch holds ``branches`` CFG branches."""
         return FirstBlockCache(self.threshold, branches, round(self.start * steps), self.max_skips)
-
-
-def _run(blocks: Sequence[nn.Module], h: torch.Tensor, inputs) -> torch.Tensor:
-    for block in blocks:
-        h = block(h, inputs)
-    return h

@@ -19,9 +19,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from ..files import remove_stale_partials, temporary_path
 from .solvers import SolverState
 
 log = logging.getLogger(__name__)
@@ -80,20 +81,20 @@ class ResumeFile:
     def load(self, identity: str, steps: int) -> SolverState | None:
         """The saved state of render ``identity`` (``steps`` long); None if missing, another render's or damaged."""
         self.flush()
+        remove_stale_partials(self.path.parent)  # half-written checkpoints of killed renders
         if not self.path.is_file():
             return None
         try:
-            tensors = load_file(self.path)
-            with open(self.path, "rb") as f:  # the metadata, from the header the loader already checked
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-            meta = header["__metadata__"]
+            with safe_open(self.path, framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
             if meta["format"] != FORMAT or meta["identity"] != identity or int(meta["steps"]) != steps:
                 log.info("resume file %s belongs to another render (other model, prompt, seed, size or settings); "
                          "ignored, starting fresh", self.path)
                 return None
             step, order = int(meta["step"]), int(meta["order"])
             x = tensors.pop("x")
-        except (OSError, KeyError, ValueError, TypeError, SafetensorError, json.JSONDecodeError) as err:
+        except (OSError, KeyError, ValueError, TypeError, SafetensorError) as err:
             log.warning("resume file %s is damaged (%s); ignored, starting fresh", self.path, err)
             return None
         if not 0 < step <= steps:
@@ -123,7 +124,7 @@ class ResumeFile:
 
     def _write(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temp = temporary_path(self.path)
         try:
             save_file(tensors, temp, metadata=meta)
             os.replace(temp, self.path)

@@ -14,10 +14,10 @@ import av
 import numpy as np
 
 from ..errors import RenderInterrupted
+from ..files import check_file_name, place_new, remove_stale_partials, temporary_path
 from .formats import FORMAT_SPECS, FormatSpec, VideoFormat, check_fps, video_format
 from .frames import as_uint8, check_frames, pad_even
 from .metadata import with_text_chunks
-from .paths import check_file_name, place_new, remove_stale_partials, temporary_path
 
 log = logging.getLogger(__name__)
 
