@@ -91,7 +91,8 @@ class WanCoreSampler:
         progress = host.Progress(steps)
         with host.cancellable() as interrupt, host.on_compute_device(model) as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
-                         render=_render(device, attention, compile, cache, steps, embeds.negative, cfg),
+                         render=_render(device, attention, compile, cache, steps, embeds.negative, cfg, model,
+                                        request),
                          interrupt=interrupt,
                          stop_after=stop_after or None,
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
@@ -100,18 +101,22 @@ class WanCoreSampler:
         return ({"samples": raw.cpu()},)
 
 
-def _render(device, attention: str, compiled: bool, cache, steps: int, negative, cfg: float) -> RenderContext:
-    """This render's context: where it computes, its attention kernel, a fresh step cache when one is connected,
-    compiled blocks when asked."""
-    runner = cache.runner(steps, cfg_branches(negative, cfg)) if cache is not None else ResidentRunner()
+def _render(device, attention: str, compiled: bool, cache, steps: int, negative, cfg: float, model,
+            request) -> RenderContext:
+    """This render's context: where it computes, its attention kernel, a fresh step cache when one is connected
+    (with the published tables of this model at this size), compiled blocks when asked."""
+    runner = ResidentRunner() if cache is None else cache.runner(
+        steps, cfg_branches(negative, cfg), model.config.model_type, model.config.dim, request.width * request.height)
     return RenderContext(device=device, attention=attention, runner=CompiledRunner(runner) if compiled else runner)
 
 
 class WanCoreCache:
-    DESCRIPTION = ("Settings of a step cache for WanCoreSampler's cache input. first_block: each step runs the "
-                   "first transformer block; when its change since the last full step is below the threshold, "
-                   "the other blocks are skipped and their last contribution reused (per CFG branch). Faster, at "
-                   "a small, threshold-dependent change of the video; resumable like any render.")
+    DESCRIPTION = ("Settings of a step cache for WanCoreSampler's cache input: at steps where the model would "
+                   "barely change the result, its last contribution is reused instead of computed (per CFG "
+                   "branch). mag: MagCache, tea: TeaCache, both with the published Wan2.1 tables for the model "
+                   "(t2v 1.3B / 14B, i2v 480p / 720p by the render's size); first_block: the first block runs "
+                   "and decides. Faster, at a small, threshold-dependent change of the video; resumable like "
+                   "any render. -1 takes the published default.")
     CATEGORY = "WanCore/sampling"
     RETURN_TYPES = ("WANCORE_CACHE",)
     RETURN_NAMES = ("cache",)
@@ -120,14 +125,17 @@ class WanCoreCache:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "kind": (list(CACHE_KINDS), {"default": "first_block", "tooltip": "The cache method."}),
-            "threshold": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip": "Higher "
-                          "reuses more steps: faster, further from the uncached video. 0 never reuses."}),
-            "start": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Share of the "
-                      "first steps that always run every block (the composition forms there)."}),
-            "max_skips": ("INT", {"default": 3, "min": 0, "max": 100, "tooltip": "At most this many reused steps "
-                          "in a row."}),
+            "kind": (list(CACHE_KINDS), {"default": "mag", "tooltip": "The cache method."}),
+            "threshold": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.005, "tooltip": "Higher "
+                          "reuses more steps: faster, further from the uncached video. 0 never reuses. -1: "
+                          "mag 0.12; tea 0.05 (t2v 1.3B), 0.10 (t2v 14B), 0.20 (i2v); first_block 0.05."}),
+            "start": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01, "tooltip": "Share of the "
+                      "first steps that always run every block (the composition forms there). -1: mag 0.2, "
+                      "tea 0.1, first_block 0.2."}),
+            "max_skips": ("INT", {"default": -1, "min": -1, "max": 100, "tooltip": "At most this many reused steps "
+                          "in a row. -1: mag 2, tea no limit, first_block 3."}),
         }}
 
     def settings(self, kind, threshold, start, max_skips):
-        return (StepCacheSettings(kind, threshold, start, max_skips),)
+        unset = lambda value: None if value == -1 else value  # noqa: E731
+        return (StepCacheSettings(kind, unset(threshold), unset(start), unset(max_skips)),)

@@ -17,7 +17,7 @@ STEPS, CFG, SHIFT, SEED = 10, 5.0, 5.0, 4
 REQUEST = SampleRequest(80, 64, 9)
 
 
-def _setup():
+def setup_render():
     state = random_official_state(T2V, seed=12)
     ours = wan_core.WanDiT(T2V)
     ours.load_state_dict(state)
@@ -27,25 +27,34 @@ def _setup():
     return ours.eval().requires_grad_(False), state, context, negative
 
 
-def _diffusers_render(state, context, negative, threshold):
-    """The same CFG Euler render on diffusers' model with its first-block cache, one cache context per branch
-    (as its WanPipeline runs them). Returns normalized latents and the decisions per call."""
+def _diffusers_fbc(threshold):
+    """diffusers' first-block cache: (its hook class, the method that decides, a function applying it)."""
     from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
     from diffusers.hooks.first_block_cache import FBCHeadBlockHook
 
-    model = _diffusers_model(T2V, state)
-    apply_first_block_cache(model, FirstBlockCacheConfig(threshold=threshold))
-    decisions = []
-    original = FBCHeadBlockHook._should_compute_remaining_blocks
+    return FBCHeadBlockHook, "_should_compute_remaining_blocks", \
+        lambda model: apply_first_block_cache(model, FirstBlockCacheConfig(threshold=threshold))
 
-    def recording(self, residual):
-        decision = original(self, residual)
-        decisions.append(decision)
+
+def diffusers_render(state, context, negative, cache, steps=STEPS):
+    """The same CFG Euler render on diffusers' model with one of its cache hooks (``cache``: the hook class, its
+    method that decides, which is recorded, and a function applying the hook to a model), one cache context
+    per branch (as its WanPipeline runs them). Returns normalized latents and the decisions per step,
+    (cond, uncond)."""
+    model = _diffusers_model(T2V, state)
+    hook, name, apply = cache
+    decisions = []
+    original = getattr(hook, name)
+
+    def recording(self, *args, **kwargs):
+        decision = original(self, *args, **kwargs)
+        decisions.append(decision if isinstance(decision, bool) else self.state_manager.get_state().should_compute)
         return decision
 
-    FBCHeadBlockHook._should_compute_remaining_blocks = recording
+    setattr(hook, name, recording)
     try:
-        schedule = build_schedule("euler", STEPS, SHIFT, 1.0)
+        apply(model)
+        schedule = build_schedule("euler", steps, SHIFT, 1.0)
         x = make_noise(REQUEST.latent_shape(), SEED)
         pad = lambda c: torch.nn.functional.pad(c, (0, 0, 0, 512 - c.shape[1]))  # noqa: E731
         with torch.no_grad():
@@ -56,7 +65,7 @@ def _diffusers_render(state, context, negative, threshold):
                     uncond = model(x, t[None], pad(negative), return_dict=False)[0]
                 x = x + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (uncond + CFG * (cond - uncond))
     finally:
-        FBCHeadBlockHook._should_compute_remaining_blocks = original
+        setattr(hook, name, original)
     return x, [tuple(decisions[i:i + 2]) for i in range(0, len(decisions), 2)]
 
 
@@ -65,11 +74,11 @@ def _diffusers_render(state, context, negative, threshold):
 # CFG branches decide differently at step 8 (the nearest change is 0.014 away from the threshold).
 @pytest.mark.parametrize("threshold", [0.5, 1.25, 1.475])
 def test_first_block_cache_equals_diffusers_hooks(threshold):
-    ours, state, context, negative = _setup()
+    ours, state, context, negative = setup_render()
     cache = FirstBlockCache(threshold, branches=2)
     raw = wan_core.sample(ours, context, negative, request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT,
                           sampler="euler", render=RenderContext(runner=cache))
-    expected, decisions = _diffusers_render(state, context, negative, threshold)
+    expected, decisions = diffusers_render(state, context, negative, _diffusers_fbc(threshold))
     assert cache.decisions == decisions
     got = wan_core.normalize_latents(raw)
     assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-4
@@ -80,7 +89,7 @@ def test_first_block_cache_equals_diffusers_hooks(threshold):
 
 
 def test_threshold_zero_is_the_uncached_render_bit_exactly():
-    ours, _, context, negative = _setup()
+    ours, _, context, negative = setup_render()
     settings = dict(request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT)
     cache = FirstBlockCache(0.0, branches=2)
     cached = wan_core.sample(ours, context, negative, **settings, render=RenderContext(runner=cache))
@@ -89,7 +98,7 @@ def test_threshold_zero_is_the_uncached_render_bit_exactly():
 
 
 def test_start_steps_and_max_skips_bound_the_skipping():
-    ours, _, context, negative = _setup()
+    ours, _, context, negative = setup_render()
     cache = FirstBlockCache(10.0, branches=2, start_steps=3, max_skips=2)  # would skip everything otherwise
     wan_core.sample(ours, context, negative, request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG,
                     render=RenderContext(runner=cache))
@@ -101,7 +110,7 @@ def test_start_steps_and_max_skips_bound_the_skipping():
 def test_a_cached_render_resumes_bit_identically(tmp_path):
     from wan_core.sampling.resume import ResumeFile
 
-    ours, _, context, negative = _setup()
+    ours, _, context, negative = setup_render()
     settings = dict(request=REQUEST, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT)
     whole_cache = FirstBlockCache(1.25, branches=2)
     whole = wan_core.sample(ours, context, negative, **settings, render=RenderContext(runner=whole_cache))
@@ -127,6 +136,7 @@ def test_the_cache_through_the_nodes_and_the_cli(tmp_path, monkeypatch):
 
     from wan_core.cli import main
     from wan_core.demo import DEMO_FILES, write_demo_models
+    from wan_core.replay import replay_argv
 
     write_demo_models(tmp_path / "models")
     monkeypatch.setenv("WANCORE_MODELS", str(tmp_path / "models"))
@@ -144,6 +154,11 @@ def test_the_cache_through_the_nodes_and_the_cli(tmp_path, monkeypatch):
     reused = nodes["WanCoreSampler"]().run(model, embeds, **settings, resume="off", cache=always)[0]["samples"]
     assert torch.isfinite(reused).all() and not torch.equal(reused, plain)
 
+    published = nodes["WanCoreCache"]().settings("mag", -1.0, -1.0, -1)[0]  # -1: the published defaults
+    assert vars(published) == vars(wan_core.StepCacheSettings("mag"))
+    mag = nodes["WanCoreSampler"]().run(model, embeds, **settings, resume="off", cache=published)[0]["samples"]
+    assert torch.isfinite(mag).all() and not torch.equal(mag, plain)
+
     args = ["t2v", "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--steps", "4", "--frames",
             "5", "--keep-latent", "--resume", "off"]
     assert main([*args, "--out", str(tmp_path / "plain.mp4")]) == 0
@@ -152,3 +167,6 @@ def test_the_cache_through_the_nodes_and_the_cli(tmp_path, monkeypatch):
                        load_file(tmp_path / "plain.latent.safetensors")["latent"])
     assert wan_core.read_manifest(tmp_path / "zero.mp4")["cache"]["kind"] == "first_block"
     assert main([*args, "--out", str(tmp_path / "bad.mp4"), "--cache", "first_block", "--cache-start", "2"]) == 2
+    assert main([*args, "--out", str(tmp_path / "tea.mp4"), "--cache", "tea", "--cache-max-skips", "1"]) == 0
+    argv = replay_argv(tmp_path / "tea.mp4", tmp_path / "models", None, None)
+    assert argv[argv.index("--cache"):argv.index("--cache") + 4] == ["--cache", "tea", "--cache-max-skips", "1"]

@@ -17,6 +17,7 @@ from .constants import NEGATIVE_PROMPT
 from .errors import InputError, WanCoreError
 from .manifest import MANIFEST_KEY, dumps
 from .runtime.attention import attention_backends
+from .runtime.cache_settings import CACHE_KINDS
 from .runtime.placement import DTYPES
 
 log = logging.getLogger("wan_core.cli")
@@ -105,13 +106,17 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                           "falls back to sdpa with a log line (default: sdpa)")
     t2v.add_argument("--compile", action="store_true",
                      help="compile the transformer blocks with torch.compile (the first render pays a compile)")
-    t2v.add_argument("--cache", default="off", choices=["off", "first_block"],
-                     help="a step cache: reuse most of the model at steps where it barely changes (default: off)")
-    t2v.add_argument("--cache-threshold", type=float, default=0.05,
-                     help="higher reuses more steps; 0 never (default: 0.05)")
-    t2v.add_argument("--cache-start", type=float, default=0.2,
-                     help="share of the first steps that always run every block (default: 0.2)")
-    t2v.add_argument("--cache-max-skips", type=int, default=3, help="reused steps in a row at most (default: 3)")
+    t2v.add_argument("--cache", default="off", choices=["off", *CACHE_KINDS],
+                     help="a step cache: reuse the model's last contribution at steps where it barely changes; "
+                          "mag (MagCache) and tea (TeaCache) use the published Wan2.1 tables (default: off)")
+    t2v.add_argument("--cache-threshold", type=float,
+                     help="higher reuses more steps; 0 never (default: the kind's published one: mag 0.12, tea "
+                          "0.05 t2v 1.3B / 0.10 t2v 14B / 0.20 i2v, first_block 0.05)")
+    t2v.add_argument("--cache-start", type=float,
+                     help="share of the first steps that always run every block (default: mag 0.2, tea 0.1, "
+                          "first_block 0.2)")
+    t2v.add_argument("--cache-max-skips", type=int,
+                     help="reused steps in a row at most (default: mag 2, tea no limit, first_block 3)")
     t2v.add_argument("--keep-latent", action="store_true",
                      help="also save the raw latent as <out>.latent.safetensors (always done when decoding fails)")
     t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16"],
@@ -163,8 +168,9 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         log.info("step %d/%d", step + 1, total)
 
     resume = ResumeFile(_beside(args.out, ".resume.safetensors")) if args.resume == "auto" else None
-    runner = (plan.cache.runner(plan.size["steps"], cfg_branches(args.negative, args.cfg))
-              if plan.cache is not None else ResidentRunner())
+    runner = ResidentRunner() if plan.cache is None else plan.cache.runner(
+        plan.size["steps"], cfg_branches(args.negative, args.cfg), dit.config.model_type, dit.config.dim,
+        plan.size["width"] * plan.size["height"])
     common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
                   render=RenderContext(device=plan.device, attention=args.attention,
                                        runner=CompiledRunner(runner) if args.compile else runner),

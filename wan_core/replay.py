@@ -38,8 +38,10 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
     argv += ["--attention", manifest.get("attention", "sdpa")] + (["--compile"] if manifest.get("compile") else [])
     cache = manifest.get("cache")
     if cache:
-        argv += ["--cache", cache["kind"], "--cache-threshold", str(cache["threshold"]), "--cache-start",
-                 str(cache["start"]), "--cache-max-skips", str(cache["max_skips"])]
+        argv += ["--cache", cache["kind"]]
+        for key in ("threshold", "start", "max_skips"):  # unset ones take the same published default again
+            if cache.get(key) is not None:
+                argv += [f"--cache-{key.replace('_', '-')}", str(cache[key])]
     if manifest.get("demo"):
         argv.append("--demo")  # the demo models are written again, identical, under --models/demo
     else:

@@ -1,14 +1,16 @@
 """Per-render machinery that knows no particular network: context, attention, runners, placement, patches."""
 
 from .attention import AttentionBackend, attention_backends, get_attention, register_backend, sdpa_attention
+from .cache_settings import CACHE_KINDS, StepCacheSettings
 from .context import RenderContext
 from .patches import WeightDelta, WeightPatch, patched_view
 from .placement import DTYPES, Placement, default_compute_dtype, parse_dtype, resolve_placement
 from .runners import BlockRunner, CompiledRunner, InterruptibleRunner, ResidentRunner
-from .step_cache import CACHE_KINDS, FirstBlockCache, StepCacheSettings
+from .step_cache import FirstBlockCache, MagCache, StepCache, TeaCache
 
 __all__ = ["AttentionBackend", "attention_backends", "get_attention", "register_backend", "sdpa_attention",
            "RenderContext", "WeightDelta", "WeightPatch", "patched_view", "DTYPES", "Placement",
            "default_compute_dtype", "parse_dtype", "resolve_placement", "BlockRunner", "CompiledRunner",
            "InterruptibleRunner",
-           "ResidentRunner", "CACHE_KINDS", "FirstBlockCache", "StepCacheSettings"]
+           "ResidentRunner", "CACHE_KINDS", "FirstBlockCache", "MagCache", "StepCache", "StepCacheSettings",
+           "TeaCache"]
