@@ -14,6 +14,10 @@ def main(argv=None) -> None:
                         help="vae: 9 frames at 256x256 (small), 5 at 832x480 (mid), 17 at 832x480 (full: slow)")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     parser.add_argument("--layers", type=int, default=6, help="text: encoder layers of the 24 (memory bound)")
+    parser.add_argument("--device", help="speed: render the real 1.3B config on this device (cuda) instead of the "
+                        "demo model on the CPU")
+    for name, default in (("width", 832), ("height", 480), ("frames", 81), ("steps", 20)):
+        parser.add_argument(f"--{name}", type=int, default=default, help=f"speed on a device (default {default})")
     args = parser.parse_args(argv)
     if args.what == "dit":
         from . import dit
@@ -44,9 +48,14 @@ def main(argv=None) -> None:
 
         step.main(runs=args.runs or 3)
     elif args.what == "speed":
-        from . import speed
+        if args.device:
+            from . import speed_device
 
-        speed.main()
+            speed_device.main(args.device, args.width, args.height, args.frames, args.steps)
+        else:
+            from . import speed
+
+            speed.main()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ grid after patching.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -141,11 +142,26 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         """x ``[B, L, C]`` fp32 residual stream -> ``[B, L, C]`` fp32."""
+        return self.transform(x, inputs, self.own_keys_values(inputs))
+
+    def own_keys_values(self, inputs: BlockInputs) -> KeysValues | None:
+        """This block's cross-attention keys / values when the render made them once, else None."""
+        return inputs.kv[self.index] if inputs.kv is not None else None
+
+    def compiled(self, compile_fn: Callable) -> Callable[[torch.Tensor, BlockInputs], torch.Tensor]:
+        """This block with :meth:`transform` compiled by ``compile_fn``: the block index is read outside, so
+        every block of a stack shares one compiled graph (an int attribute read inside the compiled code
+        would make torch specialize on it, recompile per block and fail past its recompile limit)."""
+        body = compile_fn(self.transform)
+        return lambda x, inputs: body(x, inputs, self.own_keys_values(inputs))
+
+    def transform(self, x: torch.Tensor, inputs: BlockInputs, kv: KeysValues | None) -> torch.Tensor:
+        """:meth:`forward` with the block's keys / values given (None: computed here from the text)."""
         dtype = inputs.text.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + inputs.e6).unsqueeze(2).unbind(1)
         h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)  # norm * (1 + scale) + shift, in one pass
         x = torch.addcmul(x, self.self_attn(h.to(dtype), inputs.rotation, inputs.attend).float(), gate1)
-        kv = inputs.kv[self.index] if inputs.kv is not None else self.cross_attn.keys_values(inputs.text, inputs.image)
+        kv = kv if kv is not None else self.cross_attn.keys_values(inputs.text, inputs.image)
         x = x + self.cross_attn(self.norm3(x).to(dtype), kv, inputs.attend).float()
         h = torch.addcmul(shift2, self.norm2(x), 1 + scale2)
         return torch.addcmul(x, self.ffn(h.to(dtype)).float(), gate2)

@@ -8,6 +8,7 @@ blocks themselves. The model hands its blocks over; the render context chooses t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -77,7 +78,9 @@ class CompiledRunner:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def _compile(self, block: nn.Module) -> nn.Module:
+    def _compile(self, block: nn.Module) -> Callable:
+        """A block's own way to be compiled (``block.compiled(compile_fn)``, see the DiT's blocks), or the whole."""
         if id(block) not in self._compiled:
-            self._compiled[id(block)] = torch.compile(block, fullgraph=True, mode=self.mode)
+            compile_fn = functools.partial(torch.compile, fullgraph=True, mode=self.mode)
+            self._compiled[id(block)] = block.compiled(compile_fn) if hasattr(block, "compiled") else compile_fn(block)
         return self._compiled[id(block)]
