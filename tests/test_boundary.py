@@ -96,6 +96,7 @@ LAYERS = {
     "sampling": {"runtime", "latents"},
     "conditioning": {"models", "sampling", "runtime", "latents"},
     "i2v": {"conditioning", "models", "sampling", "runtime", "latents"},
+    "lora": {"loading", "models", "runtime"},
 }
 
 

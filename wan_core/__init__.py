@@ -29,8 +29,10 @@ from .i2v import image_conditioning, size_for_area
 from .latents import denormalize_latents, latent_preview, normalize_latents
 from .loading.clip_vision import load_clip_vision
 from .loading.dit import load_dit
+from .loading.lora import LoraFile, read_lora
 from .loading.text_encoder import load_text_encoder
 from .loading.vae import load_vae
+from .lora import apply_loras, check_lora_fits, lora_patches
 from .manifest import MANIFEST_KEY, fast_file_hash, file_ref, read_manifest
 from .manifest import dumps as manifest_dumps
 from .manifest import versions as manifest_versions
@@ -96,7 +98,8 @@ __all__ = [
     # latents
     "denormalize_latents", "latent_preview", "normalize_latents",
     # networks and loaders
-    "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "ClipVision", "PRESETS", "DiTConfig", "detect",
+    "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "LoraFile", "read_lora", "apply_loras",
+    "check_lora_fits", "lora_patches", "ClipVision", "PRESETS", "DiTConfig", "detect",
     "WanDiT", "TextEncoder", "WanVAE", "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",
     # runtime
     "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "MagCache", "TeaCache", "StepCacheSettings",

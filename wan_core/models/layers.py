@@ -21,13 +21,20 @@ class CastLinear(nn.Linear):
     files store ``weight / scale`` in float8 next to the scale.
     """
 
+    low_rank: tuple = ()
+    """Unmerged low-rank updates ``(down [r, in], up [out, r], scale)`` in the compute dtype, each adding
+    ``scale * x down^T up^T``; set only on a render's patched copy of the layer (never on a loaded model)."""
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("scale_weight", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, cast_weight(self.weight, x.dtype, self.scale_weight),
-                        None if self.bias is None else self.bias.to(x.dtype))
+        out = F.linear(x, cast_weight(self.weight, x.dtype, self.scale_weight),
+                       None if self.bias is None else self.bias.to(x.dtype))
+        for down, up, scale in self.low_rank:
+            out = out + scale * F.linear(F.linear(x, down), up)
+        return out
 
 
 def cast_weight(weight: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None = None) -> torch.Tensor:

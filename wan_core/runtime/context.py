@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import InputError
 from .attention import DEFAULT_ATTENTION, AttentionFn, get_attention
-from .patches import WeightPatch, patched_view
+from .patches import WeightPatch, patched_view, stack_patches
 from .placement import COMPUTE_DTYPES
 from .runners import BlockRunner, ResidentRunner
 
@@ -71,11 +71,18 @@ class RenderContext:
         self._reused[key] = (sources, value)  # holding the sources keeps their identities from being reused
         return value
 
+    def patches_for(self, model: nn.Module) -> Mapping[str, WeightPatch]:
+        """The patches a render of ``model`` applies: those the model handle carries (its LoRAs, see
+        :func:`wan_core.apply_loras`), then this context's own."""
+        carried = getattr(model, "weight_patches", None)
+        return stack_patches(carried, self.patches) if carried else self.patches
+
     def patched(self, model: nn.Module) -> nn.Module:
         """``model`` with this render's patches (a view made once per render and model), or ``model`` itself."""
-        if not self.patches:
+        patches = self.patches_for(model)
+        if not patches:
             return model
         key = id(model)
         if key not in self._views:
-            self._views[key] = (model, patched_view(model, self.patches, self.dtype_for(model)))
+            self._views[key] = (model, patched_view(model, patches, self.dtype_for(model)))
         return self._views[key][1]

@@ -3,9 +3,9 @@
 :func:`patched_view` returns a structural copy of a network in which only the modules on the path
 to a patched tensor are copied (their parameter dicts too); every other module and every tensor
 is shared with the loaded model. Each patch then changes its owner in the copy: a full delta
-merges into a new tensor (:class:`WeightDelta`); later kinds (low-rank updates applied where a
-Linear computes) replace the owner module in the copy. Building a view copies no weight data
-beyond the patched tensors.
+merges into a new tensor (:class:`WeightDelta`, :class:`WeightPatchSum`); a low-rank update left
+unmerged is attached to the copied Linear (``low_rank``), which adds it where it computes. Building a
+view copies no weight data beyond the merged tensors.
 """
 
 from __future__ import annotations
@@ -22,32 +22,122 @@ from ..errors import InputError
 
 
 class WeightPatch(Protocol):
+    terms: tuple  # (update, strength) pairs: full deltas or LowRank
+
     def apply(self, owner: nn.Module, name: str, compute_dtype: torch.dtype) -> None:
         """Change ``owner`` (a per-render copy) so that its tensor ``name`` computes as patched."""
         ...
 
 
 @dataclass(frozen=True)
-class WeightDelta:
-    """``tensor + strength * delta`` for one parameter (a full delta, as LoRA ``.diff`` / ``.diff_b`` keys).
+class LowRank:
+    """A low-rank update ``scale * up @ down``: up ``[out, r]``, down ``[r, in]`` (a conv's down ``[r, in, *k]``)."""
 
-    The sum is made in fp32 from the weight as it computes (fp8 and "scaled fp8" dequantized
-    first) and kept in the weight's own dtype, or in the compute dtype for 8-bit weights.
+    up: torch.Tensor
+    down: torch.Tensor
+    scale: float = 1.0
+
+    def delta(self, device: torch.device) -> torch.Tensor:
+        """The full update in fp32, shaped as the weight: ``[out, in]`` (or ``[out, in, *k]``)."""
+        up, down = (t.to(device=device, dtype=torch.float32) for t in (self.up, self.down))
+        return (self.scale * (up.flatten(1) @ down.flatten(1))).reshape(up.shape[0], *down.shape[1:])
+
+
+Term = tuple["torch.Tensor | LowRank", float]
+"""One update of a tensor and its strength: a full delta, or a low-rank pair."""
+
+
+@dataclass(frozen=True)
+class WeightPatchSum:
+    """``tensor + sum(strength * update)`` for one parameter: the LoRAs (and full deltas) stacked on it.
+
+    ``unmerged``: None chooses: low-rank updates of an 8-bit (fp8, scaled fp8) or quantized Linear weight
+    are added where the Linear computes (``x down^T up^T``: no new full-size weight, a small per-step
+    cost); everything else is merged into a new tensor, made in fp32 from the weight as it computes and
+    kept in the weight's own dtype (the compute dtype for 8-bit weights): no per-step cost. True / False
+    force the low-rank updates of every Linear weight one way; full deltas, biases and other tensors
+    always merge.
     """
+
+    terms: tuple[Term, ...]
+    unmerged: bool | None = None
+
+    def apply(self, owner: nn.Module, name: str, compute_dtype: torch.dtype) -> None:
+        weight = owner._parameters[name]
+        can_unmerge = name == "weight" and hasattr(owner, "low_rank")  # a Linear's weight
+        unmerged = can_unmerge and (self.unmerged if self.unmerged is not None else (
+            weight.dtype.itemsize == 1 or getattr(owner, "quantized", False)))
+        merged = []
+        for update, strength in self.terms:
+            if unmerged and isinstance(update, LowRank):
+                down, up = (t.to(device=weight.device, dtype=compute_dtype) for t in (update.down, update.up))
+                owner.low_rank = (*owner.low_rank, (down, up, update.scale * strength))  # the view's copy only
+            else:
+                merged.append((update, strength))
+        if merged:
+            _merge(owner, name, merged, compute_dtype)
+
+    def digest_parts(self):
+        """(strength, scale, tensors) of each term, for a render's identity."""
+        for update, strength in self.terms:
+            if isinstance(update, LowRank):
+                yield strength, update.scale, (update.up, update.down)
+            else:
+                yield strength, 1.0, (update,)
+
+
+def _merge(owner: nn.Module, name: str, terms, compute_dtype: torch.dtype) -> None:
+    weight = owner._parameters[name]
+    dequantize = getattr(owner, "dequantized_weight", None) if name == "weight" else None
+    if dequantize is not None:  # a quantized layer: its weight as it computes, then a plain tensor
+        merged = dequantize(torch.float32)
+    else:
+        merged = weight.float()
+        scale = getattr(owner, "scale_weight", None) if name == "weight" else None
+        if scale is not None:  # scaled fp8: the stored weight times its per-layer scale
+            merged = merged * scale.float().reshape(-1, *([1] * (weight.dim() - 1)))
+    if name == "weight" and getattr(owner, "scale_weight", None) is not None:
+        owner._buffers["scale_weight"] = None
+    for update, strength in terms:
+        delta = update.delta(weight.device) if isinstance(update, LowRank) else \
+            update.to(device=weight.device, dtype=torch.float32)
+        merged = merged + strength * delta
+    keep = compute_dtype if (weight.dtype.itemsize == 1 or dequantize is not None) else weight.dtype
+    owner._parameters[name] = nn.Parameter(merged.to(keep), requires_grad=False)
+    if dequantize is not None:
+        owner.quantized = False
+
+
+@dataclass(frozen=True)
+class WeightDelta:
+    """``tensor + strength * delta`` for one parameter (a full delta, as LoRA ``.diff`` / ``.diff_b`` keys);
+    merged as :class:`WeightPatchSum` merges."""
 
     delta: torch.Tensor
     strength: float = 1.0
 
+    @property
+    def terms(self) -> tuple[Term, ...]:
+        return ((self.delta, self.strength),)
+
     def apply(self, owner: nn.Module, name: str, compute_dtype: torch.dtype) -> None:
-        weight = owner._parameters[name]
-        scale = getattr(owner, "scale_weight", None) if name == "weight" else None
-        merged = weight.float()
-        if scale is not None:  # scaled fp8: the stored weight times its per-layer scale
-            merged = merged * scale.float().reshape(-1, *([1] * (weight.dim() - 1)))
-            owner._buffers["scale_weight"] = None
-        merged = merged + self.strength * self.delta.to(device=weight.device, dtype=torch.float32)
-        keep = compute_dtype if weight.dtype.itemsize == 1 else weight.dtype
-        owner._parameters[name] = nn.Parameter(merged.to(keep), requires_grad=False)
+        _merge(owner, name, self.terms, compute_dtype)
+
+    def digest_parts(self):
+        yield self.strength, 1.0, (self.delta,)
+
+
+def stack_patches(*groups: Mapping[str, WeightPatch]) -> dict[str, WeightPatch]:
+    """Patches of several sources on one model as one mapping; two on the same tensor are summed."""
+    out: dict[str, WeightPatch] = {}
+    for group in groups:
+        for name, patch in group.items():
+            if name in out:
+                first = out[name]
+                out[name] = WeightPatchSum(first.terms + patch.terms, getattr(first, "unmerged", None))
+            else:
+                out[name] = patch
+    return out
 
 
 def _shallow_copy(module: nn.Module) -> nn.Module:
@@ -67,10 +157,12 @@ def check_patches(model: nn.Module, patches: Mapping[str, WeightPatch]) -> None:
         shown = ", ".join(unknown[:8]) + (f", ... ({len(unknown) - 8} more)" if len(unknown) > 8 else "")
         raise InputError(f"{len(unknown)} patched tensor(s) are not in this model: {shown}")
     for name, patch in patches.items():
-        delta = getattr(patch, "delta", None)
-        if delta is not None and tuple(delta.shape) != tuple(params[name].shape):
-            raise InputError(f"patch for {name} has shape {tuple(delta.shape)}; the model's tensor is "
-                             f"{tuple(params[name].shape)} (a patch made for another model size?)")
+        for update, _ in patch.terms:
+            shape = tuple(update.up.shape[:1]) + tuple(update.down.shape[1:]) if isinstance(update, LowRank) \
+                else tuple(update.shape)
+            if shape != tuple(params[name].shape):
+                raise InputError(f"patch for {name} has shape {shape}; the model's tensor is "
+                                 f"{tuple(params[name].shape)} (a patch made for another model size?)")
 
 
 def patched_view(model: nn.Module, patches: Mapping[str, WeightPatch], compute_dtype: torch.dtype) -> nn.Module:

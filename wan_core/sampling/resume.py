@@ -58,9 +58,12 @@ def render_identity(model, tensors: dict[str, torch.Tensor | None], settings: di
     """The identity of a render: model fingerprint, patches, every input tensor in full, and its settings."""
     h = hashlib.sha256(FORMAT.encode())
     h.update(model_fingerprint(model).encode())
-    for name, patch in sorted(render.patches.items()):
-        h.update(name.encode() + repr(getattr(patch, "strength", None)).encode())
-        _digest_tensor(h, getattr(patch, "delta", None), SAMPLED_VALUES)
+    for name, patch in sorted(render.patches_for(model).items()):
+        h.update(name.encode())
+        for strength, scale, parts in patch.digest_parts():
+            h.update(repr((strength, scale)).encode())
+            for part in parts:
+                _digest_tensor(h, part, SAMPLED_VALUES)
     for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
         _digest_tensor(h, tensor)

@@ -1,0 +1,84 @@
+"""``apply_loras``: a DiT with LoRAs for its renders, the loaded model untouched.
+
+The returned handle shares every module and tensor with the loaded model and carries the LoRAs as
+weight patches; each render builds its patched view from them (:meth:`RenderContext.patched`) and drops
+it at the end. So changing a strength or the stack never reloads or changes the model, and a render
+without the handle is the plain model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+
+from .errors import InputError
+from .loading.lora import LoraFile, read_lora
+from .models.dit import WanDiT
+from .runtime.patches import LowRank, WeightPatchSum, stack_patches
+
+log = logging.getLogger(__name__)
+
+LoraSpec = tuple["str | os.PathLike | LoraFile", float]
+
+
+def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None = None) -> WanDiT:
+    """``model`` with ``loras`` (``[(file or LoraFile, strength), ...]``) added to the LoRAs it already has.
+
+    unmerged: None chooses per tensor (merged into fp32 / bf16 / fp16 weights, added where the Linear
+    computes for fp8, scaled-fp8 and quantized weights); True / False force one way (tests, benchmarks).
+    A LoRA that does not fit the model (another width, an image-to-video LoRA on a text-to-video model,
+    blocks the model lacks) raises :class:`InputError` naming both, before any render. Strength 0 adds
+    nothing.
+    """
+    patches, names = {}, []
+    for item, strength in loras:
+        lora = item if isinstance(item, LoraFile) else read_lora(item)
+        check_lora_fits(lora, model)
+        names.append((lora.name, float(strength)))
+        if strength:
+            patches = stack_patches(patches, lora_patches(lora, float(strength), unmerged))
+    handle = copy.copy(model)  # a new object sharing the model's modules and tensors; the model is not touched
+    handle.weight_patches = stack_patches(getattr(model, "weight_patches", None) or {}, patches)
+    handle.loras = (*getattr(model, "loras", ()), *names)
+    log.info("LoRAs %s on %s: %d tensors patched", names, model.config.label, len(patches))
+    return handle
+
+
+def lora_patches(lora: LoraFile, strength: float, unmerged: bool | None = None) -> dict[str, WeightPatchSum]:
+    """One LoRA at ``strength`` as weight patches ``{parameter name: patch}``."""
+    out = {name: WeightPatchSum(((LowRank(p.up, p.down, p.scale), strength),), unmerged)
+           for name, p in lora.pairs.items()}
+    for name, delta in lora.deltas.items():
+        out = stack_patches(out, {name: WeightPatchSum(((delta, strength),), unmerged)})
+    return out
+
+
+def check_lora_fits(lora: LoraFile, model: WanDiT) -> None:
+    """Raise :class:`InputError` unless every update of ``lora`` has a tensor of its shape in ``model``."""
+    cfg = model.config
+    if lora.needs_image_branch and not cfg.has_image_branch:
+        raise InputError(f"LoRA {lora.name} is for an image-to-video model (it changes the image branch: k_img, "
+                         f"v_img, img_emb); the model is {cfg.label}. Use it with an i2v / flf2v model.")
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    missing = [t for t in lora.targets if t not in shapes]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", ... ({len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise InputError(f"LoRA {lora.name} changes {len(missing)} tensor(s) that {cfg.label} "
+                         f"({cfg.num_layers} blocks) does not have: {shown}")
+    for name in lora.targets:
+        pair = lora.pairs.get(name)
+        want = (tuple(pair.up.shape[:1]) + tuple(pair.down.shape[1:]) if pair is not None
+                else tuple(lora.deltas[name].shape))
+        if want != shapes[name]:
+            raise InputError(f"LoRA {lora.name} does not fit {cfg.label} (width {cfg.dim}): its update of {name} "
+                             f"is {want}, the model's tensor is {shapes[name]}; it was made for another model "
+                             f"size (width {_lora_width(lora) or '?'})")
+
+
+def _lora_width(lora: LoraFile) -> int | None:
+    for name, pair in lora.pairs.items():
+        if name.endswith("self_attn.q.weight"):
+            return int(pair.up.shape[0])
+    return None
