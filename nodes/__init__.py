@@ -4,7 +4,7 @@ Reached only relatively from the pack root, never as a top-level ``nodes`` (Comf
 """
 
 from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
-from .loaders import WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
+from .loaders import WanCoreLoraLoader, WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
 from .sampler import WanCoreCache, WanCoreSampler
 from .text import WanCoreTextEncode
 from .vae import WanCoreVAEDecode, WanCoreVAEEncode
@@ -23,6 +23,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreCLIPVisionLoader": WanCoreCLIPVisionLoader,
     "WanCoreImageToVideo": WanCoreImageToVideo,
     "WanCoreCache": WanCoreCache,
+    "WanCoreLoraLoader": WanCoreLoraLoader,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -38,4 +39,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanCoreCLIPVisionLoader": "Wan CLIP Vision Loader (WanCore)",
     "WanCoreImageToVideo": "Wan Image To Video (WanCore)",
     "WanCoreCache": "Wan Step Cache (WanCore)",
+    "WanCoreLoraLoader": "Wan LoRA Loader (WanCore)",
 }

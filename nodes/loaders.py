@@ -6,7 +6,7 @@ as chosen, and compute in the default dtype of the device ComfyUI computes on (s
 
 from __future__ import annotations
 
-from ..wan_core import DTYPES, default_compute_dtype, load_dit, load_text_encoder, load_vae
+from ..wan_core import DTYPES, apply_loras, default_compute_dtype, load_dit, load_text_encoder, load_vae
 from . import host
 
 WEIGHT_DTYPES = list(DTYPES)
@@ -34,6 +34,31 @@ class WanCoreModelLoader:
 
     def load(self, model_name, weight_dtype):
         return (load_dit(host.model_path("diffusion_models", model_name), **placement("dit", weight_dtype)),)
+
+
+class WanCoreLoraLoader:
+    DESCRIPTION = ("Adds a LoRA from models/loras to a Wan2.1 diffusion model (chain several: they add up). The "
+                   "loaded model is not changed: each render applies the LoRAs, merged into bf16 / fp16 / fp32 "
+                   "weights or, for fp8 and GGUF models, added where each layer computes; changing a strength "
+                   "reloads nothing. ComfyUI, musubi, kohya and diffusers LoRA files, step-distill LoRAs with "
+                   "their full deltas, and i2v LoRAs (image branch) are read; a key that cannot be placed is an "
+                   "error that lists it.")
+    CATEGORY = "WanCore/loaders"
+    RETURN_TYPES = ("WANCORE_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("WANCORE_MODEL", {"tooltip": "The diffusion model (or another LoRA loader's output)."}),
+            "lora_name": (host.list_models("loras"), {"tooltip": "LoRA file in models/loras."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "How much "
+                         "of the LoRA to add (0: none; distill LoRAs are made for 1)."}),
+        }}
+
+    def load(self, model, lora_name, strength):
+        return (apply_loras(model, [(host.model_path("loras", lora_name), strength)]),)
 
 
 class WanCoreTextEncoderLoader:

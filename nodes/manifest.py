@@ -15,6 +15,7 @@ LOADER_FILES = {
     ("WanCoreTextEncoderLoader", "model_name"): "text_encoders",
     ("WanCoreVAELoader", "vae_name"): "vae",
     ("WanCoreCLIPVisionLoader", "clip_name"): "clip_vision",
+    ("WanCoreLoraLoader", "lora_name"): "loras",
 }
 
 

@@ -51,7 +51,10 @@ class WanCoreSampler:
             "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 30.0, "step": 0.1, "tooltip": "Schedule shift: "
                                 "higher spends more steps on composition (official: 5.0; 3.0 for 480p i2v)."}),
             "sampler": (list(SAMPLERS), {"default": "unipc", "tooltip": "unipc (official default) and dpm++ are "
-                                         "2nd-order multistep solvers; euler is the simple 1st-order one."}),
+                                         "2nd-order multistep solvers; euler is the simple 1st-order one. "
+                                         "lightx2v_4step (4 steps, shift 5) and causvid (14B: up to 9 steps; "
+                                         "1.3B: 4; shift unused) are the schedules the step-distill LoRAs are "
+                                         "trained for: use them with such a LoRA at cfg 1."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "1.0 renders "
                                   "from noise; below 1 keeps that much of the input latent's structure less."}),
         }, "optional": {

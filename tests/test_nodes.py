@@ -15,7 +15,7 @@ from wan_core.demo import DEMO_FILES, DEMO_IMAGE_FILES, write_demo_models
 
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 SMALL = {"width": 64, "height": 48, "frames": 5, "steps": 3}
-FILE_LISTS = {"model_name", "vae_name", "video", "clip_name", "image"}  # combos listing the user's files
+FILE_LISTS = {"model_name", "vae_name", "video", "clip_name", "image", "lora_name"}  # combos listing the user's files
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,8 @@ def _demo_overrides(workflow: dict | None = None):
             dit = DEMO_IMAGE_FILES[kind][1]
             break
     small = {"width": SMALL["width"], "height": SMALL["height"]}
+    sampler = next((n for n in (workflow or {}).get("nodes", []) if n["type"] == "WanCoreSampler"), None)
+    fixed_steps = sampler is not None and sampler["widgets_values"][8] in ("lightx2v_4step", "causvid")
     return {
         "WanCoreModelLoader": {"model_name": dit},
         "WanCoreCLIPVisionLoader": {"clip_name": DEMO_IMAGE_FILES["clip_vision"][1]},
@@ -47,7 +49,8 @@ def _demo_overrides(workflow: dict | None = None):
         "ImageScale": small,
         "WanCoreTextEncoderLoader": {"model_name": DEMO_FILES["text_encoders"]},
         "WanCoreVAELoader": {"vae_name": DEMO_FILES["vae"]},
-        "WanCoreSampler": dict(SMALL),
+        "WanCoreSampler": {k: v for k, v in SMALL.items() if not (fixed_steps and k == "steps")},
+        "WanCoreLoraLoader": {"lora_name": DEMO_IMAGE_FILES["lora"][1]},
         "WanCoreLoadVideo": {"width": SMALL["width"], "height": SMALL["height"], "max_frames": SMALL["frames"]},
     }
 
@@ -65,7 +68,7 @@ def _check_spec(node: str, name: str, spec: tuple) -> None:
 def test_node_contract(env):
     mappings = load_pack().NODE_CLASS_MAPPINGS
     assert set(mappings) == set(load_pack().NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(mappings) == 12
+    assert len(mappings) == 13
     for node, cls in mappings.items():
         assert node.startswith("WanCore") and cls.CATEGORY.startswith("WanCore/"), node
         assert cls.DESCRIPTION and isinstance(cls.RETURN_TYPES, tuple), node
@@ -154,10 +157,15 @@ def test_workflow_runs_on_the_demo_model(env, path):
     assert _decoded(written) == (SMALL["frames"], round(SMALL["height"] * scale), round(SMALL["width"] * scale))
     manifest = load_pack().wan_core.read_manifest(written)  # the run manifest: settings and hashed model files
     sampler = next(v for v in manifest["graph"].values() if v["class_type"] == "WanCoreSampler")
-    assert sampler["inputs"]["steps"] == SMALL["steps"] and sampler["inputs"]["sampler"] in ("unipc", "dpm++", "euler")
-    loader = next(k for k, v in manifest["graph"].items() if v["class_type"] == "WanCoreModelLoader")
-    ref = manifest["models"][loader]
-    assert ref["hash"] == load_pack().wan_core.fast_file_hash(ref["path"]) and ref["size"] > 0
+    distilled = sampler["inputs"]["sampler"] in ("lightx2v_4step", "causvid")
+    assert sampler["inputs"]["steps"] == (4 if distilled else SMALL["steps"])
+    assert not distilled or sampler["inputs"]["cfg"] == 1.0  # the distill workflows: 4 steps, cfg 1, a LoRA
+    files = ("WanCoreModelLoader", "WanCoreLoraLoader")
+    loaders = [k for k, v in manifest["graph"].items() if v["class_type"] in files]
+    assert len(loaders) == (2 if distilled else 1)
+    for loader in loaders:
+        ref = manifest["models"][loader]
+        assert ref["hash"] == load_pack().wan_core.fast_file_hash(ref["path"]) and ref["size"] > 0
 
 
 def _t2v_graph(env):

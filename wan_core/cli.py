@@ -87,7 +87,9 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--shift", type=float, default=5.0 if task == "t2v" else 3.0 if task == "i2v" else 16.0,
                      help="schedule shift (default, as the official: 5.0 t2v, 3.0 480p i2v, 16 flf2v; use 5.0 "
                           "for 720p i2v)")
-    t2v.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++", "euler"], help="(default: unipc)")
+    t2v.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++", "euler", "lightx2v_4step", "causvid"],
+                     help="lightx2v_4step / causvid: the fixed schedules of the step-distill LoRAs (4 steps, --cfg 1; "
+                          "causvid ignores --shift) (default: unipc)")
     t2v.add_argument("--seed", type=int, default=0,
                      help="0 .. 2^64-1; the same seed renders the same on any device (default: 0)")
     t2v.add_argument("--fps", type=float, default=16.0,
@@ -117,6 +119,9 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                           "first_block 0.2)")
     t2v.add_argument("--cache-max-skips", type=int,
                      help="reused steps in a row at most (default: mag 2, tea no limit, first_block 3)")
+    t2v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                     help="a LoRA for the diffusion model, from loras/ or a path, strength 1 unless given "
+                          "(repeatable: the LoRAs add up)")
     t2v.add_argument("--keep-latent", action="store_true",
                      help="also save the raw latent as <out>.latent.safetensors (always done when decoding fails)")
     t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16"],
@@ -149,6 +154,7 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         RenderContext,
         ResidentRunner,
         ResumeFile,
+        apply_loras,
         cfg_branches,
         image_to_latent,
         load_clip_vision,
@@ -162,6 +168,8 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     compute = dict(compute_dtype=args.compute_dtype, device=plan.device)  # VAE and CLIP store what they compute in
     text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
     dit = load_dit(plan.paths["diffusion_models"], **weights)
+    if plan.loras:
+        dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
     plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
 
     def progress(step: int, total: int, _x0) -> None:
@@ -237,8 +245,9 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
         "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items()},
         "images": [file_ref(name) for name in names if name is not None],
         "seed": args.seed, "cfg": args.cfg, "shift": args.shift, "sampler": args.sampler, "fps": args.fps,
-        **plan.size, "attention": args.attention, "compile": args.compile, "loras": [], "device": str(plan.device),
+        **plan.size, "attention": args.attention, "compile": args.compile, "device": str(plan.device),
         "cache": None if plan.cache is None else vars(plan.cache),
+        "loras": [{"file": file_ref(path), "strength": strength} for _, strength, path in plan.loras],
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }
 
@@ -253,6 +262,7 @@ class _Plan:
     device: object
     images: tuple
     cache: object = None  # StepCacheSettings, or None
+    loras: tuple = ()  # (LoraFile, strength), checked against the DiT's config
     models: dict = field(default_factory=dict)  # filled as they load (the VAE, for the decode)
 
 
@@ -301,7 +311,34 @@ def _plan(args: argparse.Namespace) -> _Plan:
                  shift=args.shift, sampler=args.sampler, device=device, compute_dtype=placement.compute_dtype)
     cache = None if args.cache == "off" else StepCacheSettings(args.cache, args.cache_threshold, args.cache_start,
                                                                args.cache_max_skips)
-    return _Plan(paths, size, fmt, device, images, cache)
+    return _Plan(paths, size, fmt, device, images, cache, _loras(args, config))
+
+
+def _loras(args: argparse.Namespace, config) -> tuple:
+    """``--lora FILE[:STRENGTH]`` read and checked against the DiT (built on ``meta``: no weights) now, before
+    any model loads."""
+    import torch
+
+    from .loading.lora import read_lora
+    from .lora import check_lora_fits
+    from .models.dit import WanDiT
+
+    with torch.device("meta"):
+        shape_model = WanDiT(config)
+    out = []
+    for spec in args.lora:
+        name, _, strength = spec.rpartition(":")
+        try:
+            name, strength = (name, float(strength)) if name else (spec, 1.0)
+        except ValueError:
+            name, strength = spec, 1.0  # a ':' that is part of the path
+        path = Path(name) if Path(name).is_absolute() or Path(name).is_file() else args.models / "loras" / name
+        if not path.is_file():
+            raise InputError(f"LoRA file {name} was found neither as a path nor in {args.models / 'loras'}")
+        lora = read_lora(path)
+        check_lora_fits(lora, shape_model)
+        out.append((lora, strength, path))
+    return tuple(out)
 
 
 def _terminate(signum, frame) -> None:

@@ -32,6 +32,7 @@ DEMO_IMAGE_FILES = {  # key -> (model folder, file name)
     "i2v": ("diffusion_models", "wancore_demo_i2v.safetensors"),
     "flf2v": ("diffusion_models", "wancore_demo_flf2v.safetensors"),
     "clip_vision": ("clip_vision", "wancore_demo_clip_vision.safetensors"),
+    "lora": ("loras", "wancore_demo_distill_lora.safetensors"),
 }
 TEXT = TextEncoderConfig(vocab=1024, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)
 DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim)
@@ -70,9 +71,34 @@ def _random(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
+def _demo_lora(cfg: DiTConfig, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A random LoRA for the demo t2v model laid out as the step-distill LoRAs are (ComfyUI keys): a low-rank
+    pair with alpha and a bias delta for every block Linear, weight / bias deltas for the norms, a pair
+    for the time projection and a bias delta for the head."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {k: v.shape for k, v in WanDiT(cfg).state_dict().items()}
+    out = {}
+    linears = ["time_projection.1"] + [f"blocks.{i}.{m}" for i in range(cfg.num_layers) for m in (
+        "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k", "cross_attn.v",
+        "cross_attn.o", "ffn.0", "ffn.2")]
+    for module in linears:
+        rows, cols = shapes[module + ".weight"]
+        out[f"diffusion_model.{module}.lora_down.weight"] = torch.randn(rank, cols, generator=gen) / cols ** 0.5
+        out[f"diffusion_model.{module}.lora_up.weight"] = 0.1 * torch.randn(rows, rank, generator=gen) / rank ** 0.5
+        out[f"diffusion_model.{module}.alpha"] = torch.tensor(float(rank))
+        out[f"diffusion_model.{module}.diff_b"] = 0.01 * torch.randn(rows, generator=gen)
+    for i in range(cfg.num_layers):
+        for norm in ("self_attn.norm_q", "self_attn.norm_k", "norm3"):
+            out[f"diffusion_model.blocks.{i}.{norm}.diff"] = 0.01 * torch.randn(cfg.dim, generator=gen)
+        out[f"diffusion_model.blocks.{i}.norm3.diff_b"] = 0.01 * torch.randn(cfg.dim, generator=gen)
+    out["diffusion_model.head.head.diff_b"] = 0.01 * torch.randn(shapes["head.head.bias"], generator=gen)
+    return out
+
+
 def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
     """Write the demo files under ``models_dir`` (once; existing files are kept). Returns their paths:
-    keys ``diffusion_models`` (t2v), ``text_encoders``, ``vae``, ``i2v``, ``flf2v``, ``clip_vision``."""
+    keys ``diffusion_models`` (t2v), ``text_encoders``, ``vae``, ``i2v``, ``flf2v``, ``clip_vision``, ``lora``
+    (for the t2v model, laid out as a step-distill LoRA)."""
     models_dir = Path(models_dir)
     paths = {kind: models_dir / kind / name for kind, name in DEMO_FILES.items()}
     paths.update({key: models_dir / kind / name for key, (kind, name) in DEMO_IMAGE_FILES.items()})
@@ -88,6 +114,7 @@ def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
         "i2v": lambda: _random(WanDiT(I2V), 4),
         "flf2v": lambda: _random(WanDiT(FLF2V), 5),
         "clip_vision": lambda: _random(ClipVision(CLIP), 6),
+        "lora": lambda: _demo_lora(DIT, 7),
     }
     for kind, path in paths.items():
         if not path.is_file():

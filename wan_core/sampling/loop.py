@@ -22,7 +22,7 @@ from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
 from .request import SampleRequest, check_number, check_settings
 from .resume import ResumeFile, render_identity
-from .schedules import UNIPC_SIGMA_MAX, Schedule, flow_schedule
+from .schedules import UNIPC_SIGMA_MAX, Schedule, causvid_schedule, flow_schedule, lightx2v_schedule
 from .solvers import Denoise, SolverState, dpmpp_2m, euler, unipc
 
 log = logging.getLogger(__name__)
@@ -33,16 +33,20 @@ RUNNER = "runner/"
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A solver and where its schedule starts (the official UniPC starts at sigma 0.999)."""
+    """A solver and its schedule: evenly spaced sigmas from ``sigma_max`` (the official UniPC starts at
+    0.999), or a fixed list (``fixed(steps, shift, dim)``: the step-distill samplers)."""
 
     solve: Callable[..., torch.Tensor]
-    sigma_max: float
+    sigma_max: float = 1.0
+    fixed: Callable[[int, float, int], Schedule] | None = None
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "unipc": SamplerSpec(unipc, UNIPC_SIGMA_MAX),
     "dpm++": SamplerSpec(dpmpp_2m, 1.0),
     "euler": SamplerSpec(euler, 1.0),
+    "lightx2v_4step": SamplerSpec(euler, fixed=lambda steps, shift, dim: lightx2v_schedule(steps, shift)),
+    "causvid": SamplerSpec(euler, fixed=lambda steps, shift, dim: causvid_schedule(steps, dim)),
 }
 
 
@@ -81,11 +85,17 @@ def cfg_denoiser(model: Callable[..., torch.Tensor], context: torch.Tensor, nega
     return denoise
 
 
-def build_schedule(sampler: str, steps: int, shift: float, denoise: float) -> Schedule:
-    """The schedule for ``steps`` steps; with ``denoise < 1`` the last ``steps`` of ``round(steps / denoise)``."""
+def build_schedule(sampler: str, steps: int, shift: float, denoise: float, dim: int = 1536) -> Schedule:
+    """The schedule for ``steps`` steps; with ``denoise < 1`` the last ``steps`` of ``round(steps / denoise)``.
+    ``dim``: the DiT's width (the causvid list depends on it)."""
     if sampler not in SAMPLERS:
         raise InputError(f"sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
     check_number("denoise", denoise, 0.0, 1.0, low_open=True, fix="1.0 renders from pure noise")
+    if SAMPLERS[sampler].fixed is not None:
+        if denoise != 1.0:
+            raise InputError(f"the {sampler} sampler runs its fixed list of steps from pure noise; set denoise to "
+                             f"1.0 (got {denoise}) or use euler / unipc for a partial render")
+        return SAMPLERS[sampler].fixed(steps, shift, dim)
     total = max(steps, int(round(steps / denoise)))
     return flow_schedule(total, shift, SAMPLERS[sampler].sigma_max).tail(steps)
 
@@ -100,7 +110,7 @@ def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps:
     (the system's available RAM on CPU) before anything is allocated. Returns the schedule.
     """
     check_settings(seed, steps, cfg, shift, denoise)
-    schedule = build_schedule(sampler, steps, shift, denoise)
+    schedule = build_schedule(sampler, steps, shift, denoise, config.dim if config is not None else 1536)
     if len(latent_shape) != 5 or latent_shape[1] != LATENT_CHANNELS or min(latent_shape) < 1:
         raise InputError(f"latent must be [B, {LATENT_CHANNELS}, F', H/8, W/8] with every size at least 1, "
                          f"got {tuple(latent_shape)}")

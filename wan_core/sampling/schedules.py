@@ -54,3 +54,33 @@ def flow_schedule(steps: int, shift: float, sigma_max: float = 1.0) -> Schedule:
     sigmas = torch.from_numpy(shift_sigmas(np.linspace(sigma_max, 0.0, steps + 1)[:-1], shift))
     timesteps = (sigmas * NUM_TRAIN_TIMESTEPS).to(torch.int64).to(torch.float32)
     return Schedule(torch.cat([sigmas, sigmas.new_zeros(1)]).float(), timesteps)
+
+
+LIGHTX2V_STEPS = (1000, 750, 500, 250)
+"""The step list LightX2V's 4-step distill models and LoRAs are trained for (``denoising_step_list``)."""
+
+CAUSVID_STEPS = {5120: (999, 934, 862, 756, 603, 410, 250, 140, 74), 1536: (1000, 750, 500, 250)}
+"""The timesteps the CausVid LoRAs are run with: the 14B list (its first ``steps``) and the 1.3B 4-step list."""
+
+
+def lightx2v_schedule(steps: int, shift: float) -> Schedule:
+    """LightX2V's step-distill schedule (``WanStepDistillScheduler``): the training sigmas ``1 - k / 1000``
+    (k = 0..999, float32) shifted, taken at ``k = 1000 - t`` for t in :data:`LIGHTX2V_STEPS`, then 0; the
+    model is called with ``t = 1000 sigma`` unrounded. Shift 5: t = 1000, 937.5, 833.3, 625."""
+    if steps != len(LIGHTX2V_STEPS):
+        raise InputError(f"the lightx2v_4step sampler runs the {len(LIGHTX2V_STEPS)} steps its distill LoRAs are "
+                         f"trained for; set steps to {len(LIGHTX2V_STEPS)} (got {steps})")
+    base = torch.linspace(1.0, 0.0, NUM_TRAIN_TIMESTEPS + 1, dtype=torch.float32)[:-1]
+    sigmas = shift_sigmas(base, shift)[[NUM_TRAIN_TIMESTEPS - t for t in LIGHTX2V_STEPS]]
+    return Schedule(torch.cat([sigmas, sigmas.new_zeros(1)]), sigmas * NUM_TRAIN_TIMESTEPS)
+
+
+def causvid_schedule(steps: int, dim: int) -> Schedule:
+    """The CausVid LoRAs' schedule: the first ``steps`` of the 14B list (at most 9), or the 1.3B 4-step list
+    (dim 1536 and narrower models), as timesteps; ``sigma = t / 1000`` with no shift, then 0."""
+    table = CAUSVID_STEPS[5120 if dim >= 5120 else 1536]
+    if dim < 5120 and steps != len(table) or steps > len(table):
+        which = "14B: 1 to 9" if dim >= 5120 else "1.3B: exactly 4"
+        raise InputError(f"the causvid sampler has a fixed list of steps ({which}); got steps={steps}")
+    timesteps = torch.tensor(table[:steps], dtype=torch.float32)
+    return Schedule(torch.cat([timesteps / NUM_TRAIN_TIMESTEPS, timesteps.new_zeros(1)]), timesteps)
