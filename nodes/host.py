@@ -29,7 +29,7 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 IN_COMFYUI = _folders is not None
-MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin", ".gguf")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 
 interrupt_event = threading.Event()
@@ -47,7 +47,13 @@ def _local(var: str, default: str) -> Path:
 def list_models(kind: str) -> list[str]:
     """Model file names of a folder kind (``diffusion_models``, ``text_encoders``, ``vae`` ...)."""
     if IN_COMFYUI:
-        return sorted(_folders.get_filename_list(kind))
+        names = set(_folders.get_filename_list(kind))
+        if kind == "diffusion_models":  # GGUF DiTs (models/diffusion_models and models/unet), unregistered in ComfyUI
+            for folder in _folders.get_folder_paths(kind):
+                root = Path(folder)
+                if root.is_dir():
+                    names.update(str(p.relative_to(root)) for p in root.rglob("*.gguf"))
+        return sorted(names)
     root = _local("WANCORE_MODELS", "models") / kind
     if not root.is_dir():
         return []

@@ -24,7 +24,7 @@ log = logging.getLogger("wan_core.cli")
 
 KINDS = {"dit": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
 IMAGE_KINDS = {**KINDS, "clip_vision": "clip_vision"}
-SUFFIXES = (".safetensors", ".pth", ".pt")
+SUFFIXES = (".safetensors", ".pth", ".pt", ".gguf")
 
 
 def _pick(models: Path, kind: str, name: str | None) -> Path:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from .errors import InputError
 from .loading.lora import LoraFile, read_lora
 from .models.dit import WanDiT
-from .runtime.patches import LowRank, WeightPatchSum, stack_patches
+from .runtime.patches import LowRank, WeightPatchSum, parameter_shapes, stack_patches
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_lora_fits(lora: LoraFile, model: WanDiT) -> None:
     if lora.needs_image_branch and not cfg.has_image_branch:
         raise InputError(f"LoRA {lora.name} is for an image-to-video model (it changes the image branch: k_img, "
                          f"v_img, img_emb); the model is {cfg.label}. Use it with an i2v / flf2v model.")
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    shapes = parameter_shapes(model)
     missing = [t for t in lora.targets if t not in shapes]
     if missing:
         shown = ", ".join(missing[:8]) + (f", ... ({len(missing) - 8} more)" if len(missing) > 8 else "")

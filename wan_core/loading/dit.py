@@ -108,6 +108,10 @@ def inspect_dit(path: str | os.PathLike) -> DiTConfig:
 
     Raises :class:`CheckpointError` for a file of another kind, a damaged header or missing blocks.
     """
+    if str(path).lower().endswith(".gguf"):
+        from .gguf import inspect_gguf_dit
+
+        return inspect_gguf_dit(path)
     state = open_state_dict(path)
     require_kind(path, state.keys(), "dit")
     state = to_official_layout(state)
@@ -118,7 +122,8 @@ def inspect_dit(path: str | os.PathLike) -> DiTConfig:
 def load_dit(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None = None,
              compute_dtype: torch.dtype | str | None = None, device="cpu",
              linear: LinearFactory = CastLinear) -> WanDiT:
-    """Load a Wan2.1 DiT (t2v / i2v / flf2v, detected from the tensors) from ``path``.
+    """Load a Wan2.1 DiT (t2v / i2v / flf2v, detected from the tensors) from ``path`` (safetensors, .pth, or
+    a city96-layout .gguf: see :mod:`wan_core.loading.gguf`).
 
     storage_dtype / compute_dtype / device: the placement policy (:mod:`wan_core.runtime.placement`):
     weights kept as the file has them unless told (fp8 applies to Linear weights only), compute
@@ -126,6 +131,10 @@ def load_dit(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     Raises :class:`CheckpointError` before building anything if the file is truncated, of another
     kind, or does not match the detected architecture (listing the missing/unexpected keys).
     """
+    if str(path).lower().endswith(".gguf"):  # quantized blocks: their own loader and Linear layers
+        from .gguf import load_gguf_dit
+
+        return load_gguf_dit(path, storage_dtype=storage_dtype, compute_dtype=compute_dtype, device=device)
     placement = resolve_placement("dit", storage_dtype, compute_dtype, device)
     state = open_state_dict(path)
     require_kind(path, state.keys(), "dit")

@@ -88,7 +88,7 @@ class WeightPatchSum:
 
 def _merge(owner: nn.Module, name: str, terms, compute_dtype: torch.dtype) -> None:
     weight = owner._parameters[name]
-    dequantize = getattr(owner, "dequantized_weight", None) if name == "weight" else None
+    dequantize = owner.dequantized_weight if name == "weight" and getattr(owner, "quantized", False) else None
     if dequantize is not None:  # a quantized layer: its weight as it computes, then a plain tensor
         merged = dequantize(torch.float32)
     else:
@@ -149,9 +149,18 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
     return twin
 
 
+def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape as the network uses it (a quantized layer's weight: its logical shape)."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for name, module in model.named_modules():
+        if getattr(module, "quantized", False) and getattr(module, "weight_shape", None) is not None:
+            shapes[f"{name}.weight" if name else "weight"] = tuple(module.weight_shape)
+    return shapes
+
+
 def check_patches(model: nn.Module, patches: Mapping[str, WeightPatch]) -> None:
     """Raise :class:`InputError` listing patch names that are not parameters of ``model`` or misfit in shape."""
-    params = dict(model.named_parameters())
+    params = parameter_shapes(model)
     unknown = sorted(k for k in patches if k not in params)
     if unknown:
         shown = ", ".join(unknown[:8]) + (f", ... ({len(unknown) - 8} more)" if len(unknown) > 8 else "")
@@ -160,9 +169,9 @@ def check_patches(model: nn.Module, patches: Mapping[str, WeightPatch]) -> None:
         for update, _ in patch.terms:
             shape = tuple(update.up.shape[:1]) + tuple(update.down.shape[1:]) if isinstance(update, LowRank) \
                 else tuple(update.shape)
-            if shape != tuple(params[name].shape):
+            if shape != params[name]:
                 raise InputError(f"patch for {name} has shape {shape}; the model's tensor is "
-                                 f"{tuple(params[name].shape)} (a patch made for another model size?)")
+                                 f"{params[name]} (a patch made for another model size?)")
 
 
 def patched_view(model: nn.Module, patches: Mapping[str, WeightPatch], compute_dtype: torch.dtype) -> nn.Module:

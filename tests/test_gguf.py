@@ -1,0 +1,111 @@
+"""GGUF DiT files: every block format's dequantization equals the gguf package's bit for bit, a tiny DiT
+written with the gguf writer loads and computes as its dequantized weights do, and the errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import T2V, inputs, random_official_state
+from tiny_lora import block_modules, random_lora, write_lora
+
+import wan_core
+from wan_core.loading.dit import inspect_dit
+from wan_core.models.quantized import BLOCKS, QuantizedLinear, dequantize
+
+gguf = pytest.importorskip("gguf")
+
+# where each format keeps its fp16 scale(s) inside a block (random bytes there are made valid fp16 numbers)
+SCALE_BYTES = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82),
+               "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _random_blocks(qtype: str, rows: int, blocks_per_row: int, seed: int) -> np.ndarray:
+    gen = np.random.default_rng(seed)
+    _, size = BLOCKS[qtype]
+    raw = gen.integers(0, 256, size=(rows * blocks_per_row, size), dtype=np.uint8)
+    for offset in SCALE_BYTES[qtype]:
+        scales = (gen.standard_normal(rows * blocks_per_row) * 0.05).astype(np.float16)
+        raw[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, blocks_per_row * size)
+
+
+@pytest.mark.parametrize("qtype", sorted(BLOCKS))
+def test_dequantization_equals_the_gguf_package_bit_for_bit(qtype):
+    values, _ = BLOCKS[qtype]
+    raw = _random_blocks(qtype, rows=6, blocks_per_row=2, seed=len(qtype))
+    expected = gguf.quants.dequantize(raw, getattr(gguf.GGMLQuantizationType, qtype))  # float32 [6, 2 * values]
+    got = dequantize(torch.from_numpy(raw), qtype, (6, 2 * values))
+    assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(expected))
+
+
+def _write_gguf(path, state, qtype: str, arch: str = "wan"):
+    """A GGUF as city96's converter writes one: Linear weights quantized (their input width a whole number of
+    blocks), 1-D tensors F32, the 5-D patch embedding flattened with its shape in comfy.gguf.orig_shape."""
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    block = BLOCKS[qtype][0]
+    dequantized = {}
+    for name, value in state.items():
+        data = value.numpy().astype(np.float32)
+        if data.ndim == 2 and data.shape[1] % block == 0 and data.shape[0] > 16:
+            packed = gguf.quants.quantize(data, getattr(gguf.GGMLQuantizationType, qtype))
+            writer.add_tensor(name, packed, raw_dtype=getattr(gguf.GGMLQuantizationType, qtype))
+            dequantized[name] = torch.from_numpy(gguf.quants.dequantize(packed, getattr(gguf.GGMLQuantizationType,
+                                                                                        qtype)))
+            continue
+        if data.ndim > 4:
+            writer.add_array(f"comfy.gguf.orig_shape.{name}", list(data.shape))
+            data = data.reshape(data.shape[0], -1)
+        writer.add_tensor(name, data)
+        dequantized[name] = value
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dequantized
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q5_1"])
+def test_a_gguf_dit_computes_as_its_dequantized_weights(tmp_path, qtype):
+    state = random_official_state(T2V, seed=5)
+    dequantized = _write_gguf(tmp_path / "dit.gguf", state, qtype)
+    model = wan_core.load_dit(tmp_path / "dit.gguf")
+    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear) and m.quantized]
+    assert len(quantized) >= 10 * T2V.num_layers and all(m.weight.dtype == torch.uint8 for m in quantized)
+    reference = wan_core.WanDiT(T2V)
+    reference.load_state_dict({k: dequantized[k].reshape(v.shape) for k, v in state.items()})
+    reference.eval().requires_grad_(False)
+    x, t, context, _, _ = inputs(T2V, batch=2)
+    with torch.no_grad():
+        got, want = model(x, t, context), reference(x, t, context)
+    assert ((got - want).norm() / want.norm()).item() <= 1e-5
+    assert inspect_dit(tmp_path / "dit.gguf") == T2V
+
+    lora = write_lora(tmp_path / "l.safetensors", random_lora(T2V, block_modules(T2V)))
+    with torch.no_grad():
+        on_gguf = wan_core.apply_loras(model, [(lora, 0.8)])(x, t, context)  # unmerged: the blocks stay packed
+        on_plain = wan_core.apply_loras(reference, [(lora, 0.8)])(x, t, context)
+    assert ((on_gguf - on_plain).norm() / on_plain.norm()).item() <= 1e-5
+    view = wan_core.RenderContext().patched(wan_core.apply_loras(model, [(lora, 0.8)]))
+    assert view.blocks[0].ffn[0].low_rank and view.blocks[0].ffn[0].weight.dtype == torch.uint8
+
+
+def test_a_gguf_of_another_architecture_is_refused(tmp_path):
+    _write_gguf(tmp_path / "llama.gguf", {"token_embd.weight": torch.zeros(64, 32)}, "Q8_0", arch="llama")
+    with pytest.raises(wan_core.CheckpointError, match="architecture 'llama'.*'wan'"):
+        wan_core.load_dit(tmp_path / "llama.gguf")
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(10))
+    with pytest.raises(wan_core.CheckpointError, match="broken.gguf"):
+        wan_core.load_dit(tmp_path / "broken.gguf")
+
+
+def test_the_model_loader_lists_and_loads_gguf_files(tmp_path, monkeypatch):
+    from workflow_runner import load_pack
+
+    (tmp_path / "diffusion_models").mkdir()
+    _write_gguf(tmp_path / "diffusion_models" / "wan_tiny-Q8_0.gguf", random_official_state(T2V, seed=5), "Q8_0")
+    monkeypatch.setenv("WANCORE_MODELS", str(tmp_path))
+    loader = load_pack().NODE_CLASS_MAPPINGS["WanCoreModelLoader"]
+    assert "wan_tiny-Q8_0.gguf" in loader.INPUT_TYPES()["required"]["model_name"][0]
+    model = loader().load("wan_tiny-Q8_0.gguf", "default")[0]
+    assert any(getattr(m, "qtype", None) == "Q8_0" for m in model.modules())
