@@ -7,7 +7,8 @@ import argparse
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed"],
+    parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed", "lora",
+                                                 "gguf"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -47,6 +48,14 @@ def main(argv=None) -> None:
         from . import step
 
         step.main(runs=args.runs or 3)
+    elif args.what == "lora":
+        from . import lora
+
+        lora.main()
+    elif args.what == "gguf":
+        from . import gguf_files
+
+        gguf_files.main(args.device or "cpu")
     elif args.what == "speed":
         if args.device:
             from . import speed_device

@@ -240,3 +240,16 @@ def test_a_lora_for_another_model_is_refused_naming_both(tmp_path):
         wan_core.apply_loras(_model(T2V), [(write_lora(tmp_path / "d.safetensors", deep), 1.0)])
     t2v_lora = write_lora(tmp_path / "t.safetensors", random_lora(T2V, block_modules(T2V)))
     assert wan_core.apply_loras(_model(I2V), [(t2v_lora, 1.0)]).loras  # a t2v LoRA on an i2v model is fine
+
+
+def test_large_merges_stay_unmerged_automatically(tmp_path, monkeypatch):
+    import wan_core.lora as lora_module
+
+    path = write_lora(tmp_path / "l.safetensors", random_lora(T2V, block_modules(T2V)))
+    model = _model(T2V)
+    small = wan_core.RenderContext().patched(wan_core.apply_loras(model, [(path, 1.0)]))
+    assert not small.blocks[0].self_attn.q.low_rank  # 2 MiB of copies: merged
+    monkeypatch.setattr(lora_module, "MERGE_LIMIT_BYTES", 2**20)
+    large = wan_core.RenderContext().patched(wan_core.apply_loras(model, [(path, 1.0)]))
+    assert large.blocks[0].self_attn.q.low_rank and large.blocks[0].self_attn.q.weight is \
+        model.blocks[0].self_attn.q.weight  # unmerged: the weight is shared, not copied

@@ -27,7 +27,8 @@ def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None 
     """``model`` with ``loras`` (``[(file or LoraFile, strength), ...]``) added to the LoRAs it already has.
 
     unmerged: None chooses per tensor (merged into fp32 / bf16 / fp16 weights, added where the Linear
-    computes for fp8, scaled-fp8 and quantized weights); True / False force one way (tests, benchmarks).
+    computes for fp8, scaled-fp8 and quantized weights), and leaves all unmerged when merging would copy
+    more than :data:`MERGE_LIMIT_BYTES` of weights per render; True / False force one way.
     A LoRA that does not fit the model (another width, an image-to-video LoRA on a text-to-video model,
     blocks the model lacks) raises :class:`InputError` naming both, before any render. Strength 0 adds
     nothing.
@@ -40,10 +41,32 @@ def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None 
         if strength:
             patches = stack_patches(patches, lora_patches(lora, float(strength), unmerged))
     handle = copy.copy(model)  # a new object sharing the model's modules and tensors; the model is not touched
-    handle.weight_patches = stack_patches(getattr(model, "weight_patches", None) or {}, patches)
+    handle.weight_patches = _choose_merging(model, stack_patches(getattr(model, "weight_patches", None) or {},
+                                                                 patches), unmerged)
     handle.loras = (*getattr(model, "loras", ()), *names)
     log.info("LoRAs %s on %s: %d tensors patched", names, model.config.label, len(patches))
     return handle
+
+
+MERGE_LIMIT_BYTES = 4 * 2**30
+"""Merged LoRAs give each render a copy of every patched weight: above this many bytes of copies (a 14B
+model in bf16 would need 26 GiB more) the low-rank terms stay unmerged (+~2-5% compute per step instead)."""
+
+
+def _choose_merging(model: WanDiT, patches: dict, unmerged: bool | None) -> dict:
+    """``patches`` with their low-rank terms left unmerged when merging them would copy more than
+    :data:`MERGE_LIMIT_BYTES` of weights (only when the caller did not choose)."""
+    if unmerged is not None or not patches:
+        return patches
+    params = dict(model.named_parameters())
+    copied = sum(params[name].numel() * params[name].element_size() for name, patch in patches.items()
+                 if name in params and params[name].element_size() > 1
+                 and any(isinstance(update, LowRank) for update, _ in patch.terms))
+    if copied <= MERGE_LIMIT_BYTES:
+        return patches
+    log.info("LoRA low-rank terms stay unmerged: merging would copy %.1f GiB of weights per render (limit %.0f GiB)",
+             copied / 2**30, MERGE_LIMIT_BYTES / 2**30)
+    return {name: WeightPatchSum(patch.terms, True) for name, patch in patches.items()}
 
 
 def lora_patches(lora: LoraFile, strength: float, unmerged: bool | None = None) -> dict[str, WeightPatchSum]:
