@@ -56,6 +56,7 @@ _TO_DIFFUSERS: tuple[tuple[str, str], ...] = (
     (r"\.ffn\.2\.", ".ffn.net.2."),
     (r"\.q\.", ".to_q."), (r"\.k\.", ".to_k."), (r"\.v\.", ".to_v."), (r"\.o\.", ".to_out.0."),
     (r"\.k_img\.", ".add_k_proj."), (r"\.v_img\.", ".add_v_proj."), (r"\.norm_k_img\.", ".norm_added_k."),
+    (r"\.before_proj\.", ".proj_in."), (r"\.after_proj\.", ".proj_out."),  # VACE blocks
 )
 
 
@@ -68,9 +69,11 @@ def dit_key_to_diffusers(key: str) -> str:
 
 def _official_keys(num_layers: int) -> list[str]:
     """Every official key a DiT with ``num_layers`` blocks can have (all variants' keys together)."""
+    layers = max(num_layers, 1)
     with torch.device("meta"):
-        superset = WanDiT(DiTConfig("flf2v", dim=128, ffn_dim=128, num_layers=num_layers, in_dim=36))
-    return list(superset.state_dict())
+        superset = WanDiT(DiTConfig("flf2v", dim=128, ffn_dim=128, num_layers=layers, in_dim=36))
+        vace = WanDiT(DiTConfig("vace", dim=128, ffn_dim=128, num_layers=layers, vace_layers=tuple(range(layers))))
+    return list(dict.fromkeys([*superset.state_dict(), *vace.state_dict()]))
 
 
 def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,10 @@ from ..errors import CheckpointError, InputError
 HEAD_DIM = 128
 """Every Wan2.1 DiT uses attention heads of 128 channels: heads = dim // 128."""
 
-MODEL_TYPES = ("t2v", "i2v", "flf2v")
+MODEL_TYPES = ("t2v", "i2v", "flf2v", "vace")
+
+VACE_CHANNELS = 96
+"""Channels of a VACE context: 16 inactive + 16 reactive latents and 64 mask channels (an 8x8 pixel patch)."""
 
 MAX_ROPE_POSITIONS = 1024
 """Rows of the rotary tables: the longest frame, height or width token axis a DiT supports."""
@@ -41,10 +44,16 @@ class DiTConfig:
     eps: float = 1e-6  # epsilon of every norm
     patch_size: tuple[int, int, int] = PATCH_SIZE  # (t, h, w) patch in latent cells
     clip_dim: int = CLIP_DIM  # width of the CLIP image tokens (i2v / flf2v)
+    vace_layers: tuple[int, ...] = ()  # VACE: the blocks after which each VACE block's hint is added
+    vace_in_dim: int = VACE_CHANNELS  # VACE: channels of the VACE context
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if (self.model_type == "vace") != bool(self.vace_layers) or (self.vace_layers and (
+                self.vace_layers[0] != 0 or max(self.vace_layers) >= self.num_layers)):
+            raise ValueError(f"a vace model needs vace_layers starting at 0 below num_layers (and only it has them), "
+                             f"got {self.model_type!r} with {self.vace_layers}")
         if self.dim % HEAD_DIM:
             raise ValueError(f"dim must be a multiple of {HEAD_DIM} (heads = dim // {HEAD_DIM}), got {self.dim}")
 
@@ -93,15 +102,20 @@ T2V_1_3B = DiTConfig("t2v", dim=1536, ffn_dim=8960, num_layers=30)
 T2V_14B = DiTConfig("t2v", dim=5120, ffn_dim=13824, num_layers=40)
 I2V_14B = DiTConfig("i2v", dim=5120, ffn_dim=13824, num_layers=40, in_dim=36)
 FLF2V_14B = replace(I2V_14B, model_type="flf2v")
+VACE_1_3B = replace(T2V_1_3B, model_type="vace", vace_layers=tuple(range(0, 30, 2)))
+VACE_14B = replace(T2V_14B, model_type="vace", vace_layers=tuple(range(0, 40, 5)))
 
 PRESETS: dict[str, DiTConfig] = {
     "t2v-1.3B": T2V_1_3B,
     "t2v-14B": T2V_14B,
     "i2v-14B": I2V_14B,
     "flf2v-14B": FLF2V_14B,
+    "vace-1.3B": VACE_1_3B,
+    "vace-14B": VACE_14B,
 }
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_VACE_BLOCK = re.compile(r"^vace_blocks\.(\d+)\.")
 
 
 def _shape(shapes: Mapping[str, Sequence[int]], key: str, path: str) -> tuple[int, ...]:
@@ -140,6 +154,19 @@ def detect(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> D
                               f"this file has {len(layers)}; it is incomplete or "
                               "altered, fetch the file again")
     clip_dim = _shape(shapes, "img_emb.proj.0.weight", path)[0] if model_type != "t2v" else CLIP_DIM
-    return DiTConfig(model_type=model_type, dim=dim, ffn_dim=ffn_dim, num_layers=len(layers),
+    vace = _vace(shapes, len(layers), path) if "vace_patch_embedding.weight" in shapes else {}
+    return DiTConfig(model_type="vace" if vace else model_type, dim=dim, ffn_dim=ffn_dim, num_layers=len(layers),
                      in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,
-                     patch_size=patch, clip_dim=clip_dim)
+                     patch_size=patch, clip_dim=clip_dim, **vace)
+
+
+def _vace(shapes: Mapping[str, Sequence[int]], num_layers: int, path: str) -> dict:
+    """A VACE DiT's extra config: its context channels and the layers its N hints go to, every
+    ``num_layers // N``-th block from 0 (the released 1.3B: 15 hints, every 2nd of 30; 14B: 8, every 5th of 40)."""
+    count = len({int(m.group(1)) for k in shapes if (m := _VACE_BLOCK.match(k))})
+    if count == 0 or num_layers // count == 0:
+        raise CheckpointError(f"{path}: a VACE patch embedding but {count} VACE blocks for {num_layers} blocks; "
+                              "the file is incomplete or altered")
+    step = num_layers // count
+    return {"vace_layers": tuple(range(0, step * count, step)),
+            "vace_in_dim": _shape(shapes, "vace_patch_embedding.weight", path)[1]}

@@ -8,7 +8,7 @@ grid after patching.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -49,12 +49,14 @@ class BlockInputs:
     image: torch.Tensor | None  # [B, 257 or 514, C] compute dtype: the embedded CLIP tokens (i2v / flf2v)
     attend: AttentionFn  # the render's attention backend
     kv: tuple[KeysValues, ...] | None = None  # every block's cross-attention keys / values, made once per render
+    hints: dict[int, torch.Tensor] | None = None  # VACE: {block index: [B, L, C] fp32 added after that block}
 
     def select(self, part: slice) -> BlockInputs:
         """These inputs for the batch items ``part`` (the rotation is shared by all items)."""
         kv = None if self.kv is None else tuple(tuple(t[part] for t in block_kv) for block_kv in self.kv)
         image = None if self.image is None else self.image[part]
-        return BlockInputs(self.e6[part], self.rotation, self.text[part], image, self.attend, kv)
+        hints = None if self.hints is None else {i: h[part] for i, h in self.hints.items()}
+        return BlockInputs(self.e6[part], self.rotation, self.text[part], image, self.attend, kv, hints)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Embedded:
     e: torch.Tensor  # [B, C] fp32 time embedding (the head's modulation)
     grid: tuple[int, int, int]  # (f, h, w) token grid
     inputs: BlockInputs
+    vace: tuple[torch.Tensor, float] | None = None  # VACE: context tokens [B, L, C] fp32 and the hints' strength
 
 
 class SelfAttention(nn.Module):
@@ -141,19 +144,24 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
-        """x ``[B, L, C]`` fp32 residual stream -> ``[B, L, C]`` fp32."""
-        return self.transform(x, inputs, self.own_keys_values(inputs))
+        """x ``[B, L, C]`` fp32 residual stream -> ``[B, L, C]`` fp32 (plus this block's VACE hint, if any)."""
+        return self.add_hint(self.transform(x, inputs, self.own_keys_values(inputs)), inputs)
 
     def own_keys_values(self, inputs: BlockInputs) -> KeysValues | None:
         """This block's cross-attention keys / values when the render made them once, else None."""
         return inputs.kv[self.index] if inputs.kv is not None else None
+
+    def add_hint(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        """``x`` plus the VACE hint meant for this block (a VACE render), else ``x``."""
+        hint = inputs.hints.get(self.index) if inputs.hints is not None else None
+        return x if hint is None else x + hint
 
     def compiled(self, compile_fn: Callable) -> Callable[[torch.Tensor, BlockInputs], torch.Tensor]:
         """This block with :meth:`transform` compiled by ``compile_fn``: the block index is read outside, so
         every block of a stack shares one compiled graph (an int attribute read inside the compiled code
         would make torch specialize on it, recompile per block and fail past its recompile limit)."""
         body = compile_fn(self.transform)
-        return lambda x, inputs: body(x, inputs, self.own_keys_values(inputs))
+        return lambda x, inputs: self.add_hint(body(x, inputs, self.own_keys_values(inputs)), inputs)
 
     def transform(self, x: torch.Tensor, inputs: BlockInputs, kv: KeysValues | None) -> torch.Tensor:
         """:meth:`forward` with the block's keys / values given (None: computed here from the text)."""
@@ -165,6 +173,25 @@ class DiTBlock(nn.Module):
         x = x + self.cross_attn(self.norm3(x).to(dtype), kv, inputs.attend).float()
         h = torch.addcmul(shift2, self.norm2(x), 1 + scale2)
         return torch.addcmul(x, self.ffn(h.to(dtype)).float(), gate2)
+
+
+class VaceBlock(DiTBlock):
+    """A VACE block: a transformer block over the VACE stream ``c`` (its own weights and cross-attention),
+    the first one adding the video stream through ``before_proj``; ``after_proj`` makes its hint."""
+
+    def __init__(self, cfg: DiTConfig, linear: LinearFactory, index: int, first: bool):
+        super().__init__(cfg, linear, index)
+        if first:
+            self.before_proj = linear(cfg.dim, cfg.dim)
+        self.after_proj = linear(cfg.dim, cfg.dim)
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor, inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """c: VACE stream, x: video stream ``[B, L, C]`` fp32 -> (next c, this block's hint), fp32."""
+        dtype = inputs.text.dtype
+        if hasattr(self, "before_proj"):
+            c = self.before_proj(c.to(dtype)).float() + x
+        c = self.transform(c, inputs, None)
+        return c, self.after_proj(c.to(dtype)).float()
 
 
 class Head(nn.Module):
@@ -246,13 +273,17 @@ class WanDiT(nn.Module):
         self.head = Head(cfg, linear)
         if cfg.has_image_branch:
             self.img_emb = ImageProjection(cfg, linear)
+        if cfg.vace_layers:
+            self.vace_patch_embedding = PatchEmbedding(cfg.vace_in_dim, cfg.dim, cfg.patch_size)
+            self.vace_blocks = nn.ModuleList(VaceBlock(cfg, linear, i, i == 0) for i in range(len(cfg.vace_layers)))
         cos, sin = rope_tables(cfg.head_dim, MAX_ROPE_POSITIONS)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None,
-                render: RenderContext | None = None) -> torch.Tensor:
+                render: RenderContext | None = None, vace_context: torch.Tensor | None = None,
+                vace_strength: float = 1.0) -> torch.Tensor:
         """Predict the flow for a batch: :meth:`embed`, then :meth:`run_blocks`, then :meth:`apply_head`.
 
         x: ``[B, 16, F', h, w]`` normalized latents; t: ``[B]`` (or a scalar) in [0, 1000];
@@ -260,19 +291,21 @@ class WanDiT(nn.Module):
         clip_fea: ``[B, 257, 1280]`` (i2v) or ``[B, 514, 1280]`` (flf2v: start then end image);
         y: ``[B, 20, F', h, w]`` mask + image latents (i2v/flf2v). render: this render's context
         (attention backend, block runner, compute dtype, weight patches); None: the defaults.
-        Returns ``[B, out_dim, F', h, w]`` float32.
+        vace_context: ``[B, 96, F', h, w]`` (VACE models: see :mod:`wan_core.vace`); vace_strength scales
+        the VACE hints. Returns ``[B, out_dim, F', h, w]`` float32.
         """
         render = render or RenderContext()
         net = render.patched(self)  # this model, or this render's patched view of it
-        embedded = net.embed(x, t, context, clip_fea, y, render)
+        embedded = net.embed(x, t, context, clip_fea, y, render, vace_context, vace_strength)
         return net.apply_head(net.run_blocks(embedded, render), embedded)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, clip_fea: torch.Tensor | None = None,
-              y: torch.Tensor | None = None, render: RenderContext | None = None) -> Embedded:
+              y: torch.Tensor | None = None, render: RenderContext | None = None,
+              vace_context: torch.Tensor | None = None, vace_strength: float = 1.0) -> Embedded:
         """Inputs (as :meth:`forward`) -> patch tokens, time embedding, embedded text and image tokens."""
         cfg = self.config
         render = render or RenderContext()
-        self._check_inputs(x, context, clip_fea, y)
+        self._check_inputs(x, context, clip_fea, y, vace_context)
         dtype = render.dtype_for(self)
         if y is not None:
             x = torch.cat([x, y.to(x.dtype)], dim=1)
@@ -286,7 +319,10 @@ class WanDiT(nn.Module):
         with_kv = render.precompute_keys_values
         text, image, kv = render.reuse(("conditioning", self), (context, clip_fea),
                                        lambda: self._conditioning(context, clip_fea, dtype, with_kv))
-        return Embedded(tokens.float(), e, grid, BlockInputs(e6, rotation, text, image, render.attend, kv))
+        vace = None
+        if vace_context is not None:
+            vace = (self.vace_patch_embedding(vace_context.to(dtype))[0].float(), float(vace_strength))
+        return Embedded(tokens.float(), e, grid, BlockInputs(e6, rotation, text, image, render.attend, kv), vace)
 
     def _conditioning(self, context: torch.Tensor, clip_fea: torch.Tensor | None, dtype: torch.dtype,
                       with_kv: bool) -> tuple:
@@ -301,7 +337,19 @@ class WanDiT(nn.Module):
     def run_blocks(self, embedded: Embedded, render: RenderContext | None = None) -> torch.Tensor:
         """The residual stream through every block, by the render's runner: ``[B, L, C]`` fp32."""
         runner = (render or RenderContext()).runner
-        return runner(self.blocks, embedded.tokens, embedded.inputs)
+        inputs = embedded.inputs
+        if embedded.vace is not None:
+            inputs = replace(inputs, hints=self.vace_hints(embedded.tokens, *embedded.vace, inputs))
+        return runner(self.blocks, embedded.tokens, inputs)
+
+    def vace_hints(self, x: torch.Tensor, c: torch.Tensor, strength: float, inputs: BlockInputs) -> dict:
+        """The VACE blocks over the context tokens ``c`` (starting from the video tokens ``x``, both
+        ``[B, L, C]`` fp32): ``{main block index: strength * hint}``."""
+        hints = {}
+        for block, layer in zip(self.vace_blocks, self.config.vace_layers):
+            c, hint = block(c, x, inputs)
+            hints[layer] = hint * strength
+        return hints
 
     def apply_head(self, h: torch.Tensor, embedded: Embedded) -> torch.Tensor:
         """Residual stream ``[B, L, C]`` -> flow ``[B, out_dim, F', h, w]`` float32."""
@@ -315,14 +363,24 @@ class WanDiT(nn.Module):
         x = x.view(x.shape[0], f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, f, pt, h, ph, w, pw]
         return x.reshape(x.shape[0], c, f * pt, h * ph, w * pw)
 
-    def check_conditioning(self, context: torch.Tensor, clip_fea=None, y=None) -> None:
-        """Raise :class:`InputError` unless the text width and the image conditioning fit this model."""
+    def check_conditioning(self, context: torch.Tensor, clip_fea=None, y=None, vace_context=None) -> None:
+        """Raise :class:`InputError` unless the text width and the image / VACE conditioning fit this model."""
         cfg = self.config
+        if cfg.vace_layers and vace_context is None:
+            raise InputError("this is a VACE model: it needs VACE conditioning (WanCoreVACEConditioning / "
+                             "vace_conditioning; with no control video, mask or reference it renders from text)")
+        if not cfg.vace_layers and vace_context is not None:
+            raise InputError(f"VACE conditioning was given to a {cfg.model_type} model; load a Wan2.1 VACE model "
+                             "(1.3B or 14B) to use control videos, masks or reference images")
+        if vace_context is not None and (vace_context.dim() != 5 or vace_context.shape[1] != cfg.vace_in_dim):
+            raise InputError(f"vace_context must be [B, {cfg.vace_in_dim}, F', h, w], got {tuple(vace_context.shape)}")
         if cfg.has_image_branch and (clip_fea is None or y is None):
             raise InputError(f"this is an {cfg.model_type} model: it needs image conditioning "
                              "(clip_fea and y, from WanCoreImageToVideo / image_to_video); got none")
         if not cfg.has_image_branch and (clip_fea is not None or y is not None):
-            raise InputError("this is a text-to-video model: it takes no image conditioning; "
+            what = "VACE model (give it a reference image through VACE conditioning)" if cfg.vace_layers \
+                else "text-to-video model"
+            raise InputError(f"this is a {what}: it takes no image conditioning; "
                              "load an i2v / flf2v checkpoint to animate an image")
         if clip_fea is not None and tuple(clip_fea.shape[1:]) != (cfg.clip_tokens, cfg.clip_dim):
             raise InputError(f"clip_fea must be [B, {cfg.clip_tokens}, {cfg.clip_dim}] for {cfg.model_type}, "
@@ -331,11 +389,14 @@ class WanDiT(nn.Module):
             raise InputError(f"context must be [B, L<={cfg.text_len}, {cfg.text_dim}] text states, "
                              f"got {tuple(context.shape)}; use the text encoder that belongs to this model")
 
-    def _check_inputs(self, x, context, clip_fea, y) -> None:
+    def _check_inputs(self, x, context, clip_fea, y, vace_context=None) -> None:
         cfg = self.config
         if x.dim() != 5:
             raise InputError(f"x must be [B, C, F, H, W] latents, got shape {tuple(x.shape)}")
-        self.check_conditioning(context, clip_fea, y)
+        self.check_conditioning(context, clip_fea, y, vace_context)
+        if vace_context is not None and vace_context.shape[2:] != x.shape[2:]:
+            raise InputError(f"the VACE context covers {tuple(vace_context.shape[2:])} latent cells (frames, height, "
+                             f"width) but the latent is {tuple(x.shape[2:])}; render at the conditioning's size")
         noise_channels = cfg.in_dim - (y.shape[1] if y is not None else 0)
         if x.shape[1] != noise_channels:
             raise InputError(f"x has {x.shape[1]} channels; this model expects {cfg.in_dim} with y included")
