@@ -7,6 +7,7 @@ from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
 from .loaders import WanCoreLoraLoader, WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
 from .sampler import WanCoreCache, WanCoreSampler
 from .text import WanCoreTextEncode
+from .vace import WanCoreVACEConditioning, WanCoreVACEExtend, WanCoreVACEOutpaint
 from .vae import WanCoreVAEDecode, WanCoreVAEEncode
 from .video import WanCoreLoadVideo, WanCoreVideoWriter
 
@@ -24,6 +25,9 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreImageToVideo": WanCoreImageToVideo,
     "WanCoreCache": WanCoreCache,
     "WanCoreLoraLoader": WanCoreLoraLoader,
+    "WanCoreVACEConditioning": WanCoreVACEConditioning,
+    "WanCoreVACEExtend": WanCoreVACEExtend,
+    "WanCoreVACEOutpaint": WanCoreVACEOutpaint,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -40,4 +44,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanCoreImageToVideo": "Wan Image To Video (WanCore)",
     "WanCoreCache": "Wan Step Cache (WanCore)",
     "WanCoreLoraLoader": "Wan LoRA Loader (WanCore)",
+    "WanCoreVACEConditioning": "Wan VACE Conditioning (WanCore)",
+    "WanCoreVACEExtend": "Wan VACE Extend Clip (WanCore)",
+    "WanCoreVACEOutpaint": "Wan VACE Outpaint Clip (WanCore)",
 }

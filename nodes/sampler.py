@@ -62,6 +62,8 @@ class WanCoreSampler:
                                   "and frames."}),
             "image_embeds": ("WANCORE_IMAGE_EMBEDS", {"tooltip": "Image conditioning for i2v / flf2v models; "
                              "its size and frame count replace width, height and frames."}),
+            "vace": ("WANCORE_VACE_EMBEDS", {"tooltip": "VACE conditioning (WanCoreVACEConditioning) for VACE "
+                     "models; its size and frame count replace width, height and frames."}),
             "resume": (["auto", "off"], {"default": "auto", "tooltip": "auto: save the sampler's state after every "
                        "step (output/wancore_resume/) so the same render, queued again after a crash or a cancel, "
                        "continues from the last finished step with the same result; off: always start fresh."}),
@@ -78,19 +80,21 @@ class WanCoreSampler:
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
-            latent=None, image_embeds=None, resume="auto", stop_after=0, attention="sdpa", compile=False,
-            cache=None, unique_id=None):
+            latent=None, image_embeds=None, vace=None, resume="auto", stop_after=0, attention="sdpa",
+            compile=False, cache=None, unique_id=None):
         host.render_started()
         start = None if latent is None else latent["samples"]
-        request = SampleRequest(width, height, frames) if image_embeds is None else image_embeds.request()
+        request = (vace or image_embeds).request() if (vace or image_embeds) else SampleRequest(width, height, frames)
         shape = tuple(start.shape) if start is not None else request.latent_shape()
         device = host.compute_device()
         settings = dict(seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise)
         conditioning = {} if image_embeds is None else {"clip_fea": image_embeds.clip_fea, "y": image_embeds.y}
+        if vace is not None:
+            conditioning.update(vace_context=vace.context, vace_strength=vace.strength)
         # the whole render is checked before the model moves or any noise is drawn
         check_render(model.config, shape, **settings, device=device, compute_dtype=model.compute_dtype)
         check_tensors(model, embeds.positive, embeds.negative, start, conditioning.get("clip_fea"),
-                      conditioning.get("y"), shape)
+                      conditioning.get("y"), shape, conditioning.get("vace_context"))
         progress = host.Progress(steps)
         with host.cancellable() as interrupt, host.on_compute_device(model) as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
@@ -101,6 +105,8 @@ class WanCoreSampler:
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
                          manifest={"node": "WanCoreSampler", "settings": settings, "versions": manifest_versions()},
                          callback=lambda i, n, x0: progress.update(i + 1, latent_preview(x0)), **conditioning)
+        if vace is not None:
+            raw = vace.trim(raw)  # the reference images' latent frames are not part of the video
         return ({"samples": raw.cpu()},)
 
 

@@ -97,6 +97,7 @@ LAYERS = {
     "conditioning": {"models", "sampling", "runtime", "latents"},
     "i2v": {"conditioning", "models", "sampling", "runtime", "latents"},
     "lora": {"loading", "models", "runtime"},
+    "vace": {"i2v", "conditioning", "models", "sampling", "runtime", "latents"},
 }
 
 

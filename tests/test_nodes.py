@@ -35,7 +35,7 @@ def env(tmp_path_factory):
 def _demo_overrides(workflow: dict | None = None):
     dit = DEMO_FILES["diffusion_models"]
     loader = next((n for n in (workflow or {}).get("nodes", []) if n["type"] == "WanCoreModelLoader"), None)
-    for kind in ("flf2v", "i2v"):  # the demo model of the same kind as the workflow's
+    for kind in ("flf2v", "i2v", "vace"):  # the demo model of the same kind as the workflow's
         if loader and kind in loader["widgets_values"][0]:
             dit = DEMO_IMAGE_FILES[kind][1]
             break
@@ -51,6 +51,9 @@ def _demo_overrides(workflow: dict | None = None):
         "WanCoreVAELoader": {"vae_name": DEMO_FILES["vae"]},
         "WanCoreSampler": {k: v for k, v in SMALL.items() if not (fixed_steps and k == "steps")},
         "WanCoreLoraLoader": {"lora_name": DEMO_IMAGE_FILES["lora"][1]},
+        "WanCoreVACEConditioning": {**small, "frames": SMALL["frames"]},
+        "WanCoreVACEExtend": {"frames": SMALL["frames"]},
+        "WanCoreVACEOutpaint": {"left": 16, "right": 16, "top": 0, "bottom": 0},
         "WanCoreLoadVideo": {"width": SMALL["width"], "height": SMALL["height"], "max_frames": SMALL["frames"]},
     }
 
@@ -68,7 +71,7 @@ def _check_spec(node: str, name: str, spec: tuple) -> None:
 def test_node_contract(env):
     mappings = load_pack().NODE_CLASS_MAPPINGS
     assert set(mappings) == set(load_pack().NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(mappings) == 13
+    assert len(mappings) == 16
     for node, cls in mappings.items():
         assert node.startswith("WanCore") and cls.CATEGORY.startswith("WanCore/"), node
         assert cls.DESCRIPTION and isinstance(cls.RETURN_TYPES, tuple), node
@@ -79,7 +82,7 @@ def test_node_contract(env):
         for section in ("required", "optional"):
             for name, spec in types.get(section, {}).items():
                 _check_spec(node, name, spec)
-    assert all(t.startswith("WANCORE_") or t in ("LATENT", "IMAGE", "STRING", "FLOAT", "INT")
+    assert all(t.startswith("WANCORE_") or t in ("LATENT", "IMAGE", "MASK", "STRING", "FLOAT", "INT")
                for cls in mappings.values() for t in cls.RETURN_TYPES)
 
 
@@ -128,7 +131,7 @@ def _input_images(env) -> None:
     """Start and end frames at the demo render's aspect ratio (so keep_aspect keeps its size)."""
     from wan_core.video import write_video
 
-    for name, seed in (("start_frame", 1), ("end_frame", 2)):
+    for name, seed in (("start_frame", 1), ("end_frame", 2), ("reference", 3)):
         image = torch.rand(1, SMALL["height"], SMALL["width"], 3, generator=torch.Generator().manual_seed(seed))
         path = write_video(image, env / "input" / name, fmt="png")
         (path / "frame_00000.png").replace(env / "input" / f"{name}.png")

@@ -96,7 +96,21 @@ class LoadImage:
         return (frames, torch.ones(frames.shape[:3]))
 
 
-NATIVE = {"ImageScaleBy": ImageScaleBy, "ImageScale": ImageScale, "LoadImage": LoadImage}
+class ImageInvert:
+    """Stand-in for ComfyUI's native ImageInvert (IMAGE) -> IMAGE: 1 - image."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    def invert(self, image):
+        return (1.0 - image,)
+
+
+NATIVE = {"ImageScaleBy": ImageScaleBy, "ImageScale": ImageScale, "LoadImage": LoadImage, "ImageInvert": ImageInvert}
 NATIVE_EXTRA_WIDGETS = {"LoadImage": ["upload"]}  # widget values the frontend stores beyond INPUT_TYPES
 
 

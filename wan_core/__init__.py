@@ -42,7 +42,15 @@ from .models.dit import WanDiT
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
 from .models.vae_tiling import decode_tiled, decode_with_fallback, encode_tiled, tile_for_budget
-from .pipeline import check_task, image_to_latent, image_to_video, text_to_latent, text_to_video
+from .pipeline import (
+    check_task,
+    image_to_latent,
+    image_to_video,
+    text_to_latent,
+    text_to_video,
+    vace_to_latent,
+    vace_to_video,
+)
 from .runtime import (
     CACHE_KINDS,
     DTYPES,
@@ -68,6 +76,7 @@ from .runtime.memory import available_bytes
 from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, sample
 from .sampling.request import SampleRequest, check_seed
 from .sampling.resume import ResumeFile
+from .vace import VaceEmbeds, extension_source, outpaint_source, vace_conditioning
 from .video import (
     METADATA_KEYS,
     Clip,
@@ -87,7 +96,8 @@ from .video import (
 __all__ = [
     # conditioning and tasks
     "ImageEmbeds", "TextEmbeds", "encode_prompts", "image_conditioning", "size_for_area", "image_to_video",
-    "text_to_video", "image_to_latent", "text_to_latent", "check_task",
+    "text_to_video", "image_to_latent", "text_to_latent", "check_task", "vace_to_latent", "vace_to_video",
+    "VaceEmbeds", "vace_conditioning", "extension_source", "outpaint_source",
     # constants and checks
     "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "PIXEL_MULTIPLE", "VAE_STRIDE", "check_frame_count",
     "check_pixel_size", "latent_frames", "video_frames",

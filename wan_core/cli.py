@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wan_core", description="Render Wan2.1 videos without ComfyUI.",
                                      epilog="Run 'python -m wan_core t2v --help' for a task's options and defaults.")
     sub = parser.add_subparsers(dest="task", required=True)
-    for task, text in (("t2v", "text to video"), ("i2v", "image to video"), ("flf2v", "first and last frame to video")):
+    for task, text in (("t2v", "text to video"), ("i2v", "image to video"), ("flf2v", "first and last frame to video"),
+                       ("vace", "VACE: video from a control video, a mask and reference images")):
         _add_common(sub.add_parser(task, help=text), task)
     replay = sub.add_parser("replay", help="render again from the run manifest stored in a video we wrote")
     replay.add_argument("video", type=Path, help="a video written by python -m wan_core")
@@ -58,7 +59,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
-    if task != "t2v":
+    if task == "vace":
+        t2v.add_argument("--control", type=Path, help="control video (depth, pose, edges, or a clip to keep parts "
+                         "of); resized to the render size, continued with gray frames if shorter")
+        t2v.add_argument("--mask", type=Path, help="mask video or image: white = generate, black = keep the "
+                         "control's pixels (default: generate everything)")
+        t2v.add_argument("--reference", type=Path, action="append", default=[],
+                         help="a reference image (repeatable), fitted onto a white frame ahead of the video")
+        t2v.add_argument("--vace-strength", type=float, default=1.0, help="strength of the VACE hints (default: 1)")
+    if task in ("i2v", "flf2v"):
         t2v.add_argument("--image", required=True, type=Path, help="start frame (png / jpg / any image file)")
         t2v.add_argument("--clip-vision", help="file in clip_vision/ (default: the only one)")
     if task == "flf2v":
@@ -149,6 +158,8 @@ def run(argv: list[str] | None = None) -> Path:
 
 def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     """Load the models and sample; the solver's state is kept beside ``--out`` after every step."""
+    import torch
+
     from . import (
         CompiledRunner,
         RenderContext,
@@ -162,6 +173,7 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         load_text_encoder,
         load_vae,
         text_to_latent,
+        vace_to_latent,
     )
 
     weights = dict(storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype, device=plan.device)
@@ -189,6 +201,9 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         end = plan.images[1] if len(plan.images) > 1 else None
         return image_to_latent(dit, text_encoder, plan.models["vae"], clip, plan.images[0], args.prompt,
                                args.negative, end=end, **common)
+    if args.task == "vace":
+        vace = dict(plan.vace, references=torch.cat(plan.vace["references"]) if plan.vace["references"] else ())
+        return vace_to_latent(dit, text_encoder, plan.models["vae"], args.prompt, args.negative, **vace, **common)
     return text_to_latent(dit, text_encoder, args.prompt, args.negative, **common)
 
 
@@ -248,6 +263,10 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
         **plan.size, "attention": args.attention, "compile": args.compile, "device": str(plan.device),
         "cache": None if plan.cache is None else vars(plan.cache),
         "loras": [{"file": file_ref(path), "strength": strength} for _, strength, path in plan.loras],
+        "vace": None if args.task != "vace" else {
+            "control": None if args.control is None else file_ref(args.control),
+            "mask": None if args.mask is None else file_ref(args.mask),
+            "references": [file_ref(p) for p in args.reference], "strength": args.vace_strength},
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }
 
@@ -263,6 +282,7 @@ class _Plan:
     images: tuple
     cache: object = None  # StepCacheSettings, or None
     loras: tuple = ()  # (LoraFile, strength), checked against the DiT's config
+    vace: dict = field(default_factory=dict)  # a vace render's control / mask / references and strength
     models: dict = field(default_factory=dict)  # filled as they load (the VAE, for the decode)
 
 
@@ -279,7 +299,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     from .pipeline import check_task
     from .sampling.request import SampleRequest
 
-    image_task = args.task != "t2v"
+    image_task = args.task in ("i2v", "flf2v")
     fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
     check_fps(args.fps, fmt)
     check_file_name(args.out.absolute())
@@ -292,7 +312,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.demo:
         defaults = DEMO_SIZE
         paths = write_demo_models(args.models / "demo")
-        if image_task:
+        if args.task != "t2v":
             paths["diffusion_models"] = paths[args.task]
         log.warning("DEMO: tiny random weights; the video is structured noise, not a picture")
     else:
@@ -311,7 +331,27 @@ def _plan(args: argparse.Namespace) -> _Plan:
                  shift=args.shift, sampler=args.sampler, device=device, compute_dtype=placement.compute_dtype)
     cache = None if args.cache == "off" else StepCacheSettings(args.cache, args.cache_threshold, args.cache_start,
                                                                args.cache_max_skips)
-    return _Plan(paths, size, fmt, device, images, cache, _loras(args, config))
+    return _Plan(paths, size, fmt, device, images, cache, _loras(args, config), _vace_inputs(args))
+
+
+def _vace_inputs(args: argparse.Namespace) -> dict:
+    """``--control`` / ``--mask`` / ``--reference`` read as IMAGE / MASK tensors (a vace render), before any
+    model loads."""
+    if args.task != "vace":
+        return {}
+    from .video import read_image, read_video
+
+    def frames(path: Path):
+        if not path.is_file():
+            raise InputError(f"{path} does not exist; check the path")
+        return read_video(path).images()
+
+    inputs = {"references": [read_image(p) for p in args.reference], "vace_strength": args.vace_strength}
+    if args.control is not None:
+        inputs["control"] = frames(args.control)
+    if args.mask is not None:
+        inputs["mask"] = frames(args.mask).mean(dim=-1)  # gray levels: white = generate
+    return inputs
 
 
 def _loras(args: argparse.Namespace, config) -> tuple:

@@ -33,6 +33,7 @@ DEMO_IMAGE_FILES = {  # key -> (model folder, file name)
     "flf2v": ("diffusion_models", "wancore_demo_flf2v.safetensors"),
     "clip_vision": ("clip_vision", "wancore_demo_clip_vision.safetensors"),
     "lora": ("loras", "wancore_demo_distill_lora.safetensors"),
+    "vace": ("diffusion_models", "wancore_demo_vace.safetensors"),
 }
 TEXT = TextEncoderConfig(vocab=1024, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)
 DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim)
@@ -40,6 +41,7 @@ VAE = VAEConfig(base_dim=8)
 CLIP = ClipVisionConfig(dim=160, num_heads=2, num_layers=2, mlp_dim=320)
 I2V = DiTConfig("i2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
 FLF2V = DiTConfig("flf2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
+VACE = DiTConfig("vace", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, vace_layers=(0, 1))
 DEMO_SIZE = {"width": 256, "height": 160, "frames": 17, "steps": 8}
 """Render settings that keep a demo to seconds on a CPU."""
 
@@ -98,7 +100,7 @@ def _demo_lora(cfg: DiTConfig, seed: int, rank: int = 4) -> dict[str, torch.Tens
 def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
     """Write the demo files under ``models_dir`` (once; existing files are kept). Returns their paths:
     keys ``diffusion_models`` (t2v), ``text_encoders``, ``vae``, ``i2v``, ``flf2v``, ``clip_vision``, ``lora``
-    (for the t2v model, laid out as a step-distill LoRA)."""
+    (for the t2v model, laid out as a step-distill LoRA), ``vace``."""
     models_dir = Path(models_dir)
     paths = {kind: models_dir / kind / name for kind, name in DEMO_FILES.items()}
     paths.update({key: models_dir / kind / name for key, (kind, name) in DEMO_IMAGE_FILES.items()})
@@ -115,6 +117,7 @@ def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
         "flf2v": lambda: _random(WanDiT(FLF2V), 5),
         "clip_vision": lambda: _random(ClipVision(CLIP), 6),
         "lora": lambda: _demo_lora(DIT, 7),
+        "vace": lambda: _random(WanDiT(VACE), 8),
     }
     for kind, path in paths.items():
         if not path.is_file():

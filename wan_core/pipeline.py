@@ -19,6 +19,7 @@ from .models.vae_tiling import decode_with_fallback
 from .runtime.context import RenderContext
 from .sampling.loop import check_render, sample
 from .sampling.request import SampleRequest
+from .vace import vace_conditioning
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -80,12 +81,45 @@ def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, st
     return decode_with_fallback(vae, raw, interrupt=interrupt)
 
 
-TASK_NEEDS = {"t2v": "a prompt", "i2v": "one start image", "flf2v": "a start and an end image"}
-_ARTICLE = {"t2v": "a", "i2v": "an", "flf2v": "an"}
+def vace_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: str, negative: str | None = None,
+                   *, control: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                   references: torch.Tensor | tuple = (), vace_strength: float = 1.0, width: int = 832,
+                   height: int = 480, frames: int = 81, seed: int = 0, steps: int = 50, cfg: float = 5.0,
+                   shift: float = 5.0, sampler: str = "unipc", render: RenderContext | None = None,
+                   callback: StepCallback | None = None, interrupt: Callable[[], bool] | None = None,
+                   **resumable) -> torch.Tensor:
+    """A VACE render -> RAW latents ``[1, 16, F', H/8, W/8]`` (reference frames removed).
+
+    control (IMAGE ``[N, H, W, 3]``), mask (MASK ``[N, H, W]``, 1 = generate) and references (IMAGE
+    ``[R, H, W, 3]``) as :func:`~wan_core.vace.vace_conditioning` takes them; all optional.
+    """
+    check_task(dit, "vace")
+    refs = len(references) if references is not None else 0
+    request = SampleRequest(width, height, frames + 4 * refs)  # one latent frame per reference image
+    render = _preflight(dit, request, prompt, negative, seed, steps, cfg, shift, sampler, render)
+    embeds = encode_prompts(text_encoder, prompt, negative, interrupt=interrupt)
+    vace = vace_conditioning(vae, width, height, frames, control, mask, references, vace_strength, interrupt)
+    raw = sample(dit, embeds.positive, embeds.negative, request=vace.request(), seed=seed, steps=steps, cfg=cfg,
+                 shift=shift, sampler=sampler, render=render, callback=callback, interrupt=interrupt,
+                 vace_context=vace.context, vace_strength=vace.strength, **resumable)
+    return vace.trim(raw)
+
+
+def vace_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: str, negative: str | None = None,
+                  *, interrupt: Callable[[], bool] | None = None, **settings) -> torch.Tensor:
+    """A VACE render -> video ``[1, 3, frames, height, width]`` in [-1, 1] (see :func:`vace_to_latent`)."""
+    raw = vace_to_latent(dit, text_encoder, vae, prompt, negative, interrupt=interrupt, **settings)
+    return decode_with_fallback(vae, raw, interrupt=interrupt)
+
+
+TASK_NEEDS = {"t2v": "a prompt", "i2v": "one start image", "flf2v": "a start and an end image",
+              "vace": "VACE conditioning (control video, mask, reference images)"}
+_ARTICLE = {"t2v": "a", "i2v": "an", "flf2v": "an", "vace": "a"}
 
 
 def check_task(dit_or_config, task: str) -> None:
-    """Raise :class:`InputError` unless the DiT (or its config) is made for ``task`` ("t2v", "i2v", "flf2v")."""
+    """Raise :class:`InputError` unless the DiT (or its config) is made for ``task`` ("t2v", "i2v", "flf2v",
+    "vace")."""
     kind = getattr(dit_or_config, "config", dit_or_config).model_type
     if kind != task:
         raise InputError(f"this is {_ARTICLE[kind]} {kind} model, which takes {TASK_NEEDS[kind]}; {_ARTICLE[task]} "

@@ -25,8 +25,8 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
     if "graph" in manifest:
         raise InputError(f"{video} was written inside ComfyUI: drop it onto the ComfyUI canvas to load its workflow "
                          "and queue it again (its manifest lists the model files and their hashes to check against)")
-    if task not in ("t2v", "i2v", "flf2v"):
-        raise InputError(f"{video}: its manifest names task {task!r}; replay knows t2v, i2v and flf2v")
+    if task not in ("t2v", "i2v", "flf2v", "vace"):
+        raise InputError(f"{video}: its manifest names task {task!r}; replay knows t2v, i2v, flf2v and vace")
     out = out or video.with_name(f"{video.stem}-replay{video.suffix}")
     argv = [task, "--prompt", manifest["prompt"], "--negative", manifest["negative"], "--out", str(out),
             "--models", str(models), "--device", device or manifest.get("device", "cpu"), "--resume", "off",
@@ -51,4 +51,12 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
             argv += [f"--{kind.replace('_', '-')}", str(find_file(ref, models / FOLDERS[kind]))]
     for flag, ref in zip(("--image", "--end-image"), manifest.get("images", [])):
         argv += [flag, str(find_file(ref, Path.cwd()))]
+    vace = manifest.get("vace")
+    if vace:
+        argv += ["--vace-strength", str(vace["strength"])]
+        for flag in ("control", "mask"):
+            if vace.get(flag):
+                argv += [f"--{flag}", str(find_file(vace[flag], Path.cwd()))]
+        for ref in vace.get("references", []):
+            argv += ["--reference", str(find_file(ref, Path.cwd()))]
     return argv

@@ -125,10 +125,15 @@ def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps:
     return schedule
 
 
-def check_tensors(model, context, negative, latent, clip_fea, y, shape) -> None:
+def check_tensors(model, context, negative, latent, clip_fea, y, shape, vace_context=None) -> None:
     """A render's tensors against the model's kind, each other and NaN / Inf (before any is moved or used)."""
     if hasattr(model, "check_conditioning"):  # a WanDiT: wrong kind of conditioning fails before any work
-        model.check_conditioning(context, clip_fea, y)
+        model.check_conditioning(context, clip_fea, y, vace_context)
+    if vace_context is not None:
+        check_finite("the VACE conditioning", vace_context, "re-encode it with the VACE conditioning node")
+        if tuple(vace_context.shape[2:]) != tuple(shape[2:]):
+            raise InputError(f"the VACE conditioning covers {tuple(vace_context.shape[2:])} latent cells (frames, "
+                             f"height, width) but the render is {tuple(shape[2:])}; render at the conditioning's size")
     fix = "the node or file that made it produced invalid values; re-encode it"
     check_finite("the prompt embedding", context, fix)
     check_finite("the negative prompt embedding", negative, fix)
@@ -157,7 +162,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            y: torch.Tensor | None = None, render: RenderContext | None = None,
            callback: Callable[[int, int, torch.Tensor], None] | None = None,
            interrupt: Callable[[], bool] | None = None, resume: ResumeFile | None = None,
-           stop_after: int | None = None, manifest: dict | None = None) -> torch.Tensor:
+           stop_after: int | None = None, manifest: dict | None = None, vace_context: torch.Tensor | None = None,
+           vace_strength: float = 1.0) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
 
     model: a :class:`~wan_core.models.dit.WanDiT` (or any callable with its signature, ``render`` included).
@@ -173,6 +179,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     ``manifest``), a render of the same identity continues from it bit-identically, and it is
     removed when the render finishes. stop_after: stop after that many steps (of ``steps``),
     keeping the resume file, and return the prediction of the final latent at that point.
+    vace_context ``[B, 96, F', H/8, W/8]`` and vace_strength: a VACE model's conditioning (:mod:`wan_core.vace`).
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
     render = render or RenderContext()
@@ -186,16 +193,19 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     schedule = check_render(config, shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler,
                             denoise=denoise, negative=negative is not None, device=device,
                             compute_dtype=render.dtype_for(model) if is_module else torch.float32)
-    check_tensors(model, context, negative, latent, clip_fea, y, shape)
+    check_tensors(model, context, negative, latent, clip_fea, y, shape, vace_context)
     context, negative = _broadcast("prompt", context, shape[0]), _broadcast("negative prompt", negative, shape[0])
     clip_fea, y = _broadcast("image conditioning", clip_fea, shape[0]), _broadcast("image conditioning", y, shape[0])
+    vace_context = _broadcast("VACE conditioning", vace_context, shape[0])
 
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
         raise InputError(f"stop_after must be a whole number of steps (0: run to the end), got {stop_after!r}")
     identity = state = None
     if resume is not None:
-        tensors = {"context": context, "negative": negative, "latent": latent, "clip_fea": clip_fea, "y": y}
-        settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise)
+        tensors = {"context": context, "negative": negative, "latent": latent, "clip_fea": clip_fea, "y": y,
+                   "vace_context": vace_context}
+        settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
+                        **({"vace_strength": vace_strength} if vace_context is not None else {}))
         identity = render_identity(model, tensors, settings, render)
         state = resume.load(identity, schedule.steps)
         if state is not None:
@@ -209,6 +219,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         x = (1 - s0) * normalize_latents(latent.float().to(device)) + s0 * x
     moved = {k: None if v is None else v.to(device) for k, v in (("clip_fea", clip_fea), ("y", y))}
     moved["render"] = render
+    if vace_context is not None:
+        moved.update(vace_context=vace_context.to(device), vace_strength=float(vace_strength))
     fn = cfg_denoiser(model, context.to(device), None if negative is None else negative.to(device), cfg, **moved)
 
     def on_step(i: int, x_i: torch.Tensor, x0: torch.Tensor) -> None:
