@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..wan_core import RenderInterrupted, available_bytes
+from ..wan_core import RenderInterrupted, available_bytes, module_bytes
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm
@@ -149,6 +149,33 @@ def on_compute_device(*models):
     finally:
         for model in models:
             model.to(offload_device())
+        release_memory()
+
+
+def vram_budget(model, device: torch.device, requested_gb: float) -> int | None:
+    """Bytes a render may place on ``device``: the user's ``requested_gb``, or (0) automatic: inside ComfyUI,
+    after asking its model manager to free what this model and its render need (it unloads other models),
+    ComfyUI's free-memory figure less its reserve; standalone, None (the planner's own default)."""
+    if requested_gb and requested_gb > 0:
+        return int(requested_gb * 2**30)
+    if not IN_COMFYUI or torch.device(device).type == "cpu":
+        return None
+    _mm.free_memory(module_bytes(model) * 2, device)
+    return max(0, int(_mm.get_free_memory(device)) - int(_mm.minimum_inference_memory()))
+
+
+def report(line: str) -> None:
+    """A line for the user: ComfyUI's console (its log) and ours."""
+    log.info(line)
+
+
+@contextmanager
+def placed_per_render(device: torch.device):
+    """The render places what it needs itself (a streaming plan's view); afterwards cached memory is freed,
+    also when the render fails or is interrupted."""
+    try:
+        yield device
+    finally:
         release_memory()
 
 

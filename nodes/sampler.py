@@ -17,6 +17,7 @@ from ..wan_core import (
     check_tensors,
     latent_preview,
     manifest_versions,
+    plan_for,
     sample,
 )
 from . import host
@@ -75,13 +76,17 @@ class WanCoreSampler:
                           "installed). One that cannot run here falls back to sdpa (logged)."}),
             "compile": ("BOOLEAN", {"default": False, "tooltip": "Compile the transformer blocks with "
                         "torch.compile: the first render at a size pays a compile (minutes), later ones run faster."}),
+            "vram_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip": "GPU "
+                               "memory this render may use, in GiB; 0: automatic (ComfyUI's free memory less its "
+                               "reserve). Blocks that do not fit stream from system memory, CFG branches run one "
+                               "at a time and the feed-forward in chunks as needed; the plan shows in the log."}),
             "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache: reuses most of the model at "
                       "steps where it would barely change the result (faster, slightly different)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
             latent=None, image_embeds=None, vace=None, resume="auto", stop_after=0, attention="sdpa",
-            compile=False, cache=None, unique_id=None):
+            compile=False, cache=None, vram_budget_gb=0.0, unique_id=None):
         host.render_started()
         start = None if latent is None else latent["samples"]
         request = (vace or image_embeds).request() if (vace or image_embeds) else SampleRequest(width, height, frames)
@@ -95,11 +100,15 @@ class WanCoreSampler:
         check_render(model.config, shape, **settings, device=device, compute_dtype=model.compute_dtype)
         check_tensors(model, embeds.positive, embeds.negative, start, conditioning.get("clip_fea"),
                       conditioning.get("y"), shape, conditioning.get("vace_context"))
+        plan = plan_for(model, shape, cfg_branches(embeds.negative, cfg) == 2, device,
+                        host.vram_budget(model, device, vram_budget_gb), allow_sequential=cache is None)
+        host.report(plan.describe())
         progress = host.Progress(steps)
-        with host.cancellable() as interrupt, host.on_compute_device(model) as device:
+        placing = host.placed_per_render(device) if plan.streamed else host.on_compute_device(model)
+        with host.cancellable() as interrupt, placing as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
                          render=_render(device, attention, compile, cache, steps, embeds.negative, cfg, model,
-                                        request),
+                                        request, plan),
                          interrupt=interrupt,
                          stop_after=stop_after or None,
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
@@ -111,12 +120,13 @@ class WanCoreSampler:
 
 
 def _render(device, attention: str, compiled: bool, cache, steps: int, negative, cfg: float, model,
-            request) -> RenderContext:
+            request, plan) -> RenderContext:
     """This render's context: where it computes, its attention kernel, a fresh step cache when one is connected
     (with the published tables of this model at this size), compiled blocks when asked."""
     runner = ResidentRunner() if cache is None else cache.runner(
         steps, cfg_branches(negative, cfg), model.config.model_type, model.config.dim, request.width * request.height)
-    return RenderContext(device=device, attention=attention, runner=CompiledRunner(runner) if compiled else runner)
+    return RenderContext(device=device, attention=attention, runner=CompiledRunner(runner) if compiled else runner,
+                         plan=plan)
 
 
 class WanCoreCache:

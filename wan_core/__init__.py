@@ -59,6 +59,7 @@ from .runtime import (
     CompiledRunner,
     FirstBlockCache,
     MagCache,
+    MemoryPlan,
     Placement,
     RenderContext,
     ResidentRunner,
@@ -68,7 +69,10 @@ from .runtime import (
     attention_backends,
     default_compute_dtype,
     get_attention,
+    module_bytes,
     parse_dtype,
+    plan_for,
+    plan_memory,
     register_backend,
     resolve_placement,
 )
@@ -114,7 +118,8 @@ __all__ = [
     # runtime
     "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "MagCache", "TeaCache", "StepCacheSettings",
     "BlockRunner",
-    "CompiledRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta",
+    "CompiledRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta", "MemoryPlan", "plan_for",
+    "plan_memory", "module_bytes",
     "attention_backends", "available_bytes", "default_compute_dtype", "get_attention", "parse_dtype",
     "register_backend", "resolve_placement",
     # sampling

@@ -128,6 +128,9 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                           "first_block 0.2)")
     t2v.add_argument("--cache-max-skips", type=int,
                      help="reused steps in a row at most (default: mag 2, tea no limit, first_block 3)")
+    t2v.add_argument("--vram-budget", type=float, default=0.0, metavar="GB",
+                     help="device memory the render may use, in GiB (0: automatic, the free memory less 1 GiB on "
+                          "CUDA); blocks that do not fit stream from system memory (default: 0)")
     t2v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                      help="a LoRA for the diffusion model, from loras/ or a path, strength 1 unless given "
                           "(repeatable: the LoRAs add up)")
@@ -172,6 +175,7 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         load_dit,
         load_text_encoder,
         load_vae,
+        plan_for,
         text_to_latent,
         vace_to_latent,
     )
@@ -179,9 +183,18 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     weights = dict(storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype, device=plan.device)
     compute = dict(compute_dtype=args.compute_dtype, device=plan.device)  # VAE and CLIP store what they compute in
     text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
-    dit = load_dit(plan.paths["diffusion_models"], **weights)
+    dit = load_dit(plan.paths["diffusion_models"], **{**weights, "device": "cpu"})  # placed by the memory plan
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
+    images = plan.vace.get("references", ()) if args.task == "vace" else ()
+    shape = (1, 16, (plan.size["frames"] - 1) // 4 + 1 + len(images), plan.size["height"] // 8,
+             plan.size["width"] // 8)
+    memory = plan_for(dit, shape, cfg_branches(args.negative, args.cfg) == 2, plan.device,
+                      int(args.vram_budget * 2**30) if args.vram_budget > 0 else None,
+                      allow_sequential=plan.cache is None)
+    log.info(memory.describe())
+    if not memory.streamed:
+        dit.to(plan.device)  # everything resident: the weights move once
     plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
 
     def progress(step: int, total: int, _x0) -> None:
@@ -192,7 +205,7 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         plan.size["steps"], cfg_branches(args.negative, args.cfg), dit.config.model_type, dit.config.dim,
         plan.size["width"] * plan.size["height"])
     common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-                  render=RenderContext(device=plan.device, attention=args.attention,
+                  render=RenderContext(device=plan.device, attention=args.attention, plan=memory,
                                        runner=CompiledRunner(runner) if args.compile else runner),
                   callback=progress, resume=resume,
                   stop_after=args.stop_after or None, manifest=manifest, **plan.size)
@@ -267,6 +280,7 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
             "control": None if args.control is None else file_ref(args.control),
             "mask": None if args.mask is None else file_ref(args.mask),
             "references": [file_ref(p) for p in args.reference], "strength": args.vace_strength},
+        "vram_budget": args.vram_budget,
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }
 

@@ -36,11 +36,11 @@ DEMO_IMAGE_FILES = {  # key -> (model folder, file name)
     "vace": ("diffusion_models", "wancore_demo_vace.safetensors"),
 }
 TEXT = TextEncoderConfig(vocab=1024, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)
-DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim)
+DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim)  # 4 blocks: a budget can stream some
 VAE = VAEConfig(base_dim=8)
 CLIP = ClipVisionConfig(dim=160, num_heads=2, num_layers=2, mlp_dim=320)
-I2V = DiTConfig("i2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
-FLF2V = DiTConfig("flf2v", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
+I2V = DiTConfig("i2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
+FLF2V = DiTConfig("flf2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
 VACE = DiTConfig("vace", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, vace_layers=(0, 1))
 DEMO_SIZE = {"width": 256, "height": 160, "frames": 17, "steps": 8}
 """Render settings that keep a demo to seconds on a CPU."""

@@ -42,6 +42,8 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
         for key in ("threshold", "start", "max_skips"):  # unset ones take the same published default again
             if cache.get(key) is not None:
                 argv += [f"--cache-{key.replace('_', '-')}", str(cache[key])]
+    if manifest.get("vram_budget"):
+        argv += ["--vram-budget", str(manifest["vram_budget"])]
     for lora in manifest.get("loras", []):
         argv += ["--lora", f"{find_file(lora['file'], models / 'loras')}:{lora['strength']}"]
     if manifest.get("demo"):

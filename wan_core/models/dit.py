@@ -50,13 +50,15 @@ class BlockInputs:
     attend: AttentionFn  # the render's attention backend
     kv: tuple[KeysValues, ...] | None = None  # every block's cross-attention keys / values, made once per render
     hints: dict[int, torch.Tensor] | None = None  # VACE: {block index: [B, L, C] fp32 added after that block}
+    ffn_chunks: int = 1  # feed-forward over the tokens in this many chunks (a memory plan's choice)
 
     def select(self, part: slice) -> BlockInputs:
         """These inputs for the batch items ``part`` (the rotation is shared by all items)."""
         kv = None if self.kv is None else tuple(tuple(t[part] for t in block_kv) for block_kv in self.kv)
         image = None if self.image is None else self.image[part]
         hints = None if self.hints is None else {i: h[part] for i, h in self.hints.items()}
-        return BlockInputs(self.e6[part], self.rotation, self.text[part], image, self.attend, kv, hints)
+        return BlockInputs(self.e6[part], self.rotation, self.text[part], image, self.attend, kv, hints,
+                           self.ffn_chunks)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,10 @@ class DiTBlock(nn.Module):
         """x ``[B, L, C]`` fp32 residual stream -> ``[B, L, C]`` fp32 (plus this block's VACE hint, if any)."""
         return self.add_hint(self.transform(x, inputs, self.own_keys_values(inputs)), inputs)
 
+    def keys_values(self, text: torch.Tensor, image: torch.Tensor | None) -> KeysValues:
+        """This block's cross-attention keys / values of the render's text (and image) tokens."""
+        return self.cross_attn.keys_values(text, image)
+
     def own_keys_values(self, inputs: BlockInputs) -> KeysValues | None:
         """This block's cross-attention keys / values when the render made them once, else None."""
         return inputs.kv[self.index] if inputs.kv is not None else None
@@ -171,8 +177,12 @@ class DiTBlock(nn.Module):
         x = torch.addcmul(x, self.self_attn(h.to(dtype), inputs.rotation, inputs.attend).float(), gate1)
         kv = kv if kv is not None else self.cross_attn.keys_values(inputs.text, inputs.image)
         x = x + self.cross_attn(self.norm3(x).to(dtype), kv, inputs.attend).float()
-        h = torch.addcmul(shift2, self.norm2(x), 1 + scale2)
-        return torch.addcmul(x, self.ffn(h.to(dtype)).float(), gate2)
+        h = torch.addcmul(shift2, self.norm2(x), 1 + scale2).to(dtype)
+        if inputs.ffn_chunks > 1:  # the hidden layer for a share of the tokens at a time (a memory plan's choice)
+            y = torch.cat([self.ffn(part) for part in h.chunk(inputs.ffn_chunks, dim=1)], dim=1)
+        else:
+            y = self.ffn(h)
+        return torch.addcmul(x, y.float(), gate2)
 
 
 class VaceBlock(DiTBlock):
@@ -322,7 +332,9 @@ class WanDiT(nn.Module):
         vace = None
         if vace_context is not None:
             vace = (self.vace_patch_embedding(vace_context.to(dtype))[0].float(), float(vace_strength))
-        return Embedded(tokens.float(), e, grid, BlockInputs(e6, rotation, text, image, render.attend, kv), vace)
+        chunks = render.plan.ffn_chunks if render.plan is not None else 1
+        inputs = BlockInputs(e6, rotation, text, image, render.attend, kv, ffn_chunks=chunks)
+        return Embedded(tokens.float(), e, grid, inputs, vace)
 
     def _conditioning(self, context: torch.Tensor, clip_fea: torch.Tensor | None, dtype: torch.dtype,
                       with_kv: bool) -> tuple:
@@ -331,7 +343,7 @@ class WanDiT(nn.Module):
         context = nn.functional.pad(context.to(dtype), (0, 0, 0, self.config.text_len - context.shape[1]))
         text = self.text_embedding(context)  # [B, 512, C]
         image = self.img_emb(clip_fea).to(dtype) if clip_fea is not None else None
-        kv = tuple(block.cross_attn.keys_values(text, image) for block in self.blocks) if with_kv else None
+        kv = tuple(block.keys_values(text, image) for block in self.blocks) if with_kv else None
         return text, image, kv
 
     def run_blocks(self, embedded: Embedded, render: RenderContext | None = None) -> torch.Tensor:

@@ -18,9 +18,11 @@ from torch import nn
 
 from ..errors import InputError
 from .attention import DEFAULT_ATTENTION, AttentionFn, get_attention
+from .memory_plan import MemoryPlan
 from .patches import WeightPatch, patched_view, stack_patches
 from .placement import COMPUTE_DTYPES
 from .runners import BlockRunner, ResidentRunner
+from .streaming import placed_view
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class RenderContext:
     runner: BlockRunner = field(default_factory=ResidentRunner)  # executes the DiT's block loop
     patches: Mapping[str, WeightPatch] = field(default_factory=dict)  # {DiT parameter name: patch}
     precompute_keys_values: bool = True  # every block's text / image keys, values once per render (2 x layers x text)
+    plan: MemoryPlan | None = None  # streamed blocks, CFG one branch at a time, feed-forward chunks (memory_plan)
     _views: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(model) -> patched view
     _reused: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # key -> (sources, value)
 
@@ -80,9 +83,18 @@ class RenderContext:
     def patched(self, model: nn.Module) -> nn.Module:
         """``model`` with this render's patches (a view made once per render and model), or ``model`` itself."""
         patches = self.patches_for(model)
-        if not patches:
+        if not patches and (self.plan is None or not self.plan.streamed):
             return model
         key = id(model)
         if key not in self._views:
-            self._views[key] = (model, patched_view(model, patches, self.dtype_for(model)))
+            view = patched_view(model, patches, self.dtype_for(model)) if patches else model
+            streamer = None
+            if self.plan is not None and self.plan.streamed:
+                view, streamer = placed_view(view, self.device_for(model), self.plan.streamed, self.plan.prefetch)
+            self._views[key] = (model, view, streamer)
         return self._views[key][1]
+
+    def streamer_for(self, model: nn.Module):
+        """The block streamer of this render's view of ``model`` (bytes placed and their peak), or None."""
+        held = self._views.get(id(model))
+        return None if held is None else held[2]

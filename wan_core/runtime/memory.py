@@ -24,10 +24,13 @@ FFN_COPIES = 2
 """Compute-dtype ``[B, L, ffn]`` tensors: the first Linear's output and its GELU."""
 
 
-def dit_activation_bytes(dim: int, ffn_dim: int, tokens: int, batch: int, dtype: torch.dtype) -> int:
-    """Peak activation bytes of one DiT forward over ``batch`` sequences of ``tokens`` tokens."""
-    per_token = RESIDUAL_COPIES * dim * 4 + (PROJECTION_COPIES * dim + FFN_COPIES * ffn_dim) * dtype.itemsize
-    return batch * tokens * per_token
+def dit_activation_bytes(dim: int, ffn_dim: int, tokens: int, batch: int, dtype: torch.dtype,
+                         ffn_chunks: int = 1) -> int:
+    """Peak activation bytes of one DiT forward over ``batch`` sequences of ``tokens`` tokens (the
+    feed-forward's hidden layer over ``tokens / ffn_chunks`` tokens at a time)."""
+    per_token = RESIDUAL_COPIES * dim * 4 + PROJECTION_COPIES * dim * dtype.itemsize
+    ffn = FFN_COPIES * ffn_dim * dtype.itemsize * -(-tokens // ffn_chunks)
+    return batch * (tokens * per_token + ffn)
 
 
 def available_bytes(device: torch.device) -> int:

@@ -62,8 +62,9 @@ def cfg_branches(negative: torch.Tensor | None, scale: float) -> int:
 
 
 def cfg_denoiser(model: Callable[..., torch.Tensor], context: torch.Tensor, negative: torch.Tensor | None,
-                 scale: float, **conditioning) -> Denoise:
-    """``denoise(x, t)`` = uncond + scale (cond - uncond); both halves run as one batch of 2B.
+                 scale: float, sequential: bool = False, **conditioning) -> Denoise:
+    """``denoise(x, t)`` = uncond + scale (cond - uncond); both halves run as one batch of 2B, or (``sequential``,
+    a memory plan's choice) one after the other.
 
     context / negative: ``[B, L, 4096]`` text states; with ``scale == 1`` or no negative, the
     unconditional pass is skipped. ``conditioning`` (clip_fea, y, render) goes to both halves
@@ -71,6 +72,14 @@ def cfg_denoiser(model: Callable[..., torch.Tensor], context: torch.Tensor, nega
     """
     if cfg_branches(negative, scale) == 1:
         return lambda x, t: model(x, t.expand(x.shape[0]), context, **conditioning).float()
+    if sequential:
+        def one_at_a_time(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            tb = t.expand(x.shape[0])
+            cond = model(x, tb, context, **conditioning).float()
+            uncond = model(x, tb, negative, **conditioning).float()
+            return uncond + scale * (cond - uncond)
+
+        return one_at_a_time
     length = max(context.shape[1], negative.shape[1])
     pad = lambda c: torch.nn.functional.pad(c, (0, 0, 0, length - c.shape[1]))  # noqa: E731
     both = torch.cat([pad(context), pad(negative)])
@@ -221,7 +230,9 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     moved["render"] = render
     if vace_context is not None:
         moved.update(vace_context=vace_context.to(device), vace_strength=float(vace_strength))
-    fn = cfg_denoiser(model, context.to(device), None if negative is None else negative.to(device), cfg, **moved)
+    sequential = render.plan is not None and render.plan.cfg_sequential
+    fn = cfg_denoiser(model, context.to(device), None if negative is None else negative.to(device), cfg,
+                      sequential, **moved)
 
     def on_step(i: int, x_i: torch.Tensor, x0: torch.Tensor) -> None:
         if not is_finite(x_i):

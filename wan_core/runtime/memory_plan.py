@@ -1,0 +1,135 @@
+"""The memory planner: from a device budget, what stays resident, what streams, and how the render runs.
+
+A pure function of numbers (bytes): the budget (free device memory less a reserve, or the user's), each
+block's weight bytes, the rest of the model's and the render's activation estimate for each way to run it.
+Deterministic; its one-line description is logged and shown to the user.
+
+Ways to run, for each the peak is ``other weights + activations + resident blocks + staging``, staging
+being ``prefetch + 1`` of the largest streamed blocks (the one computing and those copying ahead):
+
+- CFG as one batch of 2, or (``cfg_sequential``) one branch at a time: half the activations;
+- the feed-forward over all tokens, or in ``ffn_chunks`` token chunks: its hidden layer divided.
+
+Among the ways that fit, the plan keeps the most block bytes resident (so a smaller budget never keeps
+more), then prefers batched CFG and fewer chunks (faster). Nothing fits: :class:`InputError` with the
+smallest budget that would (everything streamed, one branch at a time, the most chunks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+
+FFN_CHUNKS = (1, 4, 16)
+"""Token chunk counts the feed-forward may run in (1: whole)."""
+
+UNLIMITED = 2**62
+"""The budget of a render with no device limit (the CPU, unless the user sets one)."""
+
+PREFETCH = 1
+"""Blocks copied ahead of the one computing."""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Which blocks stay resident on the device (the first ones) and how the render runs."""
+
+    resident: tuple[int, ...]  # block indices kept on the device for the whole render
+    streamed: tuple[int, ...]  # block indices copied in one by one, ``prefetch`` ahead
+    cfg_sequential: bool  # CFG branches one at a time
+    ffn_chunks: int  # feed-forward token chunks
+    prefetch: int
+    budget: int  # bytes
+    peak: int  # planned peak bytes on the device
+
+    def describe(self) -> str:
+        """One line for the log and the user."""
+        blocks = len(self.resident) + len(self.streamed)
+        parts = [f"{len(self.resident)}/{blocks} blocks resident"]
+        if self.streamed:
+            parts.append(f"{len(self.streamed)} streamed ({self.prefetch} ahead)")
+        parts.append("CFG one branch at a time" if self.cfg_sequential else "CFG batched")
+        if self.ffn_chunks > 1:
+            parts.append(f"feed-forward in {self.ffn_chunks} chunks")
+        limit = "no device limit" if self.budget >= UNLIMITED else f"of {size_text(self.budget)}"
+        return f"memory plan: {', '.join(parts)}; peak ~{size_text(self.peak)} {limit}"
+
+
+def size_text(nbytes: int) -> str:
+    """``nbytes`` for a message: GiB with two decimals, MiB below 0.1 GiB (tiny models, tiny budgets)."""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 // 10 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def plan_memory(budget: int, block_bytes: Sequence[int], other_bytes: int,
+                activation_bytes: Callable[[int, int], int], cfg: bool, prefetch: int = PREFETCH) -> MemoryPlan:
+    """The plan for a device ``budget`` (bytes). ``activation_bytes(batch, ffn_chunks)``: the render's peak
+    activations for a model call over ``batch`` sequences (2 with batched CFG); ``cfg``: the render uses CFG
+    (and may run its branches one at a time)."""
+    options = []
+    for sequential in ((False, True) if cfg else (False,)):
+        batch = 1 if sequential or not cfg else 2
+        for chunks in FFN_CHUNKS:
+            fixed = other_bytes + activation_bytes(batch, chunks)
+            resident = _resident_prefix(budget - fixed, block_bytes, prefetch)
+            if resident is not None:
+                options.append((resident, sequential, chunks, fixed))
+    if not options:
+        least = other_bytes + activation_bytes(1, FFN_CHUNKS[-1]) + (prefetch + 1) * max(block_bytes)
+        raise InputError(f"this render needs at least {size_text(least)} on the device even with every block "
+                         f"streamed, CFG one branch at a time and the feed-forward in chunks, but the budget is "
+                         f"{size_text(budget)}; render fewer frames or a smaller size, or store the model in "
+                         "fp8 (or a GGUF quant)")
+    count, sequential, chunks, fixed = max(
+        options, key=lambda o: (sum(block_bytes[:o[0]]), not o[1], -o[2]))  # most resident, then fastest
+    streamed = tuple(range(count, len(block_bytes)))
+    staging = (prefetch + 1) * max((block_bytes[i] for i in streamed), default=0) if streamed else 0
+    peak = fixed + sum(block_bytes[:count]) + staging
+    return MemoryPlan(tuple(range(count)), streamed, sequential, chunks, prefetch if streamed else 0, budget, peak)
+
+
+def _resident_prefix(room: int, block_bytes: Sequence[int], prefetch: int) -> int | None:
+    """How many leading blocks fit in ``room`` bytes with the rest streaming (None: not even all streamed)."""
+    if sum(block_bytes) <= room:
+        return len(block_bytes)
+    count, used = 0, 0
+    for i, size in enumerate(block_bytes):
+        staging = (prefetch + 1) * max(block_bytes[i:])  # the blocks after the resident ones stream
+        if used + size + staging > room:
+            break
+        used, count = used + size, i + 1
+    staging = (prefetch + 1) * max(block_bytes[count:])
+    return count if used + staging <= room else None
+
+
+RESERVE_BYTES = 1 * 2**30
+"""Device memory left free by an automatic budget (the CUDA context, the allocator's slack, other work)."""
+
+
+def plan_for(model, latent_shape, cfg: bool, device: torch.device, budget: int | None = None,
+             compute_dtype: torch.dtype | None = None, allow_sequential: bool = True) -> MemoryPlan:
+    """The plan for rendering ``latent_shape`` with ``model`` (a DiT: ``blocks``, ``config``) on ``device``.
+
+    budget: bytes (None: the device's free memory less :data:`RESERVE_BYTES`; on a CPU everything is
+    resident unless a budget is given). allow_sequential: False when something needs CFG batched (a step cache).
+    """
+    from .memory import available_bytes, dit_activation_bytes
+    from .streaming import module_bytes
+
+    device = torch.device(device)
+    if budget is None:
+        budget = max(0, available_bytes(device) - RESERVE_BYTES) if device.type == "cuda" else UNLIMITED
+    config, dtype = model.config, compute_dtype or getattr(model, "compute_dtype", torch.float32)
+    tokens, batch = config.tokens(latent_shape), latent_shape[0]
+    blocks = [module_bytes(b) for b in model.blocks]
+    other = module_bytes(model) - sum(blocks)
+
+    def activations(cfg_batch: int, chunks: int) -> int:
+        return dit_activation_bytes(config.dim, config.ffn_dim, tokens, batch * cfg_batch, dtype, chunks)
+
+    if cfg and not allow_sequential:  # CFG stays one batch of 2 (a step cache decides per branch within it)
+        return plan_memory(budget, blocks, other, lambda _, chunks: activations(2, chunks), False)
+    return plan_memory(budget, blocks, other, activations, cfg)

@@ -1,0 +1,155 @@
+"""Block streaming: a render's placement view of a model, with the blocks that do not fit copied in one by one.
+
+:func:`placed_view` returns a per-render structural copy of a network (the loaded model is never changed)
+in which every tensor is on the compute device except those of the streamed blocks, which stay where the
+model keeps them (host memory; memory-mapped until first read) and are replaced by :class:`StreamedBlock`
+wrappers. When a wrapper runs it takes its block's weights from the :class:`BlockStreamer` (copied ahead
+on a side CUDA stream through a ring of pinned staging buffers, ``prefetch`` blocks ahead, with events so
+the computation waits only for copies it could not overlap), runs, and gives them back. On a CPU device
+the same code path runs without copies. Any runner (resident, step caches) runs the wrappers unchanged.
+
+The streamer counts the bytes it has placed on the device (resident + in flight) and their peak.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``module`` as stored (fp8 / packed blocks counted as such)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def _copy_tree(module: nn.Module, convert) -> nn.Module:
+    """A structural copy of ``module``: new module objects all the way down, each tensor ``convert(t)``."""
+    twin = copy.copy(module)
+    twin._parameters = {k: None if p is None else nn.Parameter(convert(p), requires_grad=False)
+                        for k, p in module._parameters.items()}
+    twin._buffers = {k: None if b is None else convert(b) for k, b in module._buffers.items()}
+    twin._modules = {k: None if m is None else _copy_tree(m, convert) for k, m in module._modules.items()}
+    return twin
+
+
+class BlockStreamer:
+    """Copies streamed blocks' weights to ``device`` ahead of use and counts the bytes placed there."""
+
+    def __init__(self, device: torch.device, order: list[nn.Module], prefetch: int = 1):
+        self.device, self.prefetch, self.order = torch.device(device), prefetch, order
+        self.cuda = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self._ready: dict[int, tuple[nn.Module, object, int]] = {}  # index -> (device block, event, bytes)
+        self.placed = self.peak = 0
+        self.copied_bytes = 0
+
+    def add_resident(self, nbytes: int) -> None:
+        self._count(nbytes)
+
+    def _count(self, nbytes: int) -> None:
+        self.placed += nbytes
+        self.peak = max(self.peak, self.placed)
+
+    def _start(self, index: int) -> None:
+        """Begin copying block ``index`` (a no-op copy on a CPU device)."""
+        if index in self._ready or index >= len(self.order):
+            return
+        host = self.order[index]
+        nbytes = module_bytes(host)
+        self._count(nbytes)
+        if not self.cuda:
+            self._ready[index] = (host, None, nbytes)
+            return
+        with torch.cuda.stream(self._stream):
+            def to_device(t: torch.Tensor) -> torch.Tensor:
+                staged = t if t.is_pinned() else t.pin_memory()  # one block at a time, never a full copy
+                return staged.to(self.device, non_blocking=True)
+
+            block = _copy_tree(host, to_device)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        self.copied_bytes += nbytes
+        self._ready[index] = (block, event, nbytes)
+
+    def acquire(self, index: int) -> nn.Module:
+        """Block ``index`` with its weights on the device (waiting for its copy), the next ones started."""
+        self._start(index)
+        for ahead in range(index + 1, index + 1 + self.prefetch):
+            self._start(ahead)
+        block, event, _ = self._ready[index]
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+        return block
+
+    def release(self, index: int) -> None:
+        """Drop block ``index``'s device copy (once the computation that used it is queued)."""
+        block, _, nbytes = self._ready.pop(index)
+        if self.cuda:  # the allocator must not hand these out to the side stream before the main stream is done
+            main = torch.cuda.current_stream(self.device)
+            for t in [*block.parameters(), *block.buffers()]:
+                t.record_stream(main)
+        self.placed -= nbytes
+
+
+class StreamedBlock(nn.Module):
+    """Stands in for block ``index`` of a placement view: runs it with weights from the streamer."""
+
+    def __init__(self, index: int, streamer: BlockStreamer):
+        super().__init__()
+        self.index, self.streamer = index, streamer  # the host block is streamer.order[index] (not a child)
+
+    def compiled(self, compile_fn):
+        """Streamed blocks run eagerly (a fresh device copy each time): compiling applies to resident ones."""
+        return self
+
+    def forward(self, *args, **kwargs):
+        return self._run("__call__", *args, **kwargs)
+
+    def _run(self, method: str, *args, **kwargs):
+        block = self.streamer.acquire(self.index)
+        try:
+            return getattr(block, method)(*args, **kwargs)
+        finally:
+            self.streamer.release(self.index)
+
+    def __getattr__(self, name: str):
+        """The block's other methods (a DiT block's ``keys_values``) run the same way, with its weights placed."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            streamer, index = self.__dict__.get("streamer"), self.__dict__.get("index")
+            if streamer is None or not callable(getattr(type(streamer.order[index]), name, None)):
+                raise
+            return lambda *args, **kwargs: self._run(name, *args, **kwargs)
+
+
+def placed_view(model: nn.Module, device: torch.device, streamed: Iterable[int],
+                prefetch: int = 1) -> tuple[nn.Module, BlockStreamer]:
+    """A per-render copy of ``model`` (with ``model.blocks``) on ``device`` with the blocks ``streamed``
+    left in host memory behind :class:`StreamedBlock` wrappers. Returns the view and its streamer."""
+    device = torch.device(device)
+    streamed = sorted(set(streamed))
+    blocks = list(model.blocks)
+    host_order = [blocks[i] for i in streamed]
+    streamer = BlockStreamer(device, host_order, prefetch)
+    position = {i: n for n, i in enumerate(streamed)}
+    resident_bytes = 0
+
+    def to_device(t: torch.Tensor) -> torch.Tensor:
+        nonlocal resident_bytes
+        resident_bytes += t.numel() * t.element_size()
+        return t.to(device)
+
+    hidden = {i: blocks[i] for i in streamed}
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view._modules["blocks"] = nn.ModuleList(StreamedBlock(position[i], streamer) if i in hidden else blocks[i]
+                                            for i in range(len(blocks)))
+    view = _copy_tree(view, to_device)  # every other tensor to the device (a no-op move on the CPU)
+    for i in streamed:  # _copy_tree copied the wrappers: point them back at the one streamer
+        view.blocks[i].streamer = streamer
+    streamer.add_resident(resident_bytes)
+    return view, streamer
