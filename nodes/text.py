@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ..wan_core import NEGATIVE_PROMPT, encode_prompts
+from ..wan_core import NEGATIVE_PROMPT, encode_prompts, plan_text_encoder
 from . import host
 
 
 class WanCoreTextEncode:
     DESCRIPTION = ("Encodes the prompt and the negative prompt with UMT5. The encoder runs on the GPU and is moved "
-                   "back off it afterwards, leaving the memory to the diffusion model.")
+                   "back off it afterwards, leaving the memory to the diffusion model; when it does not fit the free "
+                   "GPU memory, its layers are copied over one by one (the plan shows in the log).")
     CATEGORY = "WanCore/conditioning"
     RETURN_TYPES = ("WANCORE_TEXT_EMBEDS",)
     RETURN_NAMES = ("embeds",)
@@ -25,6 +26,14 @@ class WanCoreTextEncode:
         }}
 
     def encode(self, text_encoder, positive, negative):
+        device = host.compute_device()
+        plan = plan_text_encoder(text_encoder.model, device, host.vram_budget(text_encoder.model, device, 0))
+        host.report(f"text encoder {plan.describe()}")
+        if plan.streamed:  # the layers that do not fit are copied in one by one; the encoder itself stays put
+            with host.cancellable() as interrupt, host.placed_per_render(device):
+                embeds = encode_prompts(text_encoder, positive, negative, interrupt=interrupt, plan=plan,
+                                        device=device)
+            return (embeds,)
         with host.cancellable() as interrupt, host.on_compute_device(text_encoder):
             embeds = encode_prompts(text_encoder, positive, negative, interrupt=interrupt)
         return (embeds,)

@@ -148,3 +148,34 @@ def test_cli_budget_writes_the_same_video(tmp_path, caplog):
     assert (frames[0] - frames[1]).abs().max() <= 2 / 255  # the same video, to a level of the 8-bit encode
     assert main([*args, "--out", str(tmp_path / "tiny.mp4"), "--vram-budget", "0.001"]) == 2
     assert not (tmp_path / "tiny.mp4").exists()
+
+
+@pytest.mark.parametrize("streamed", [(0, 1), (1,)])
+def test_streamed_text_encoder_is_the_resident_one_bit_for_bit(tmp_path, streamed):
+    from wan_core.demo import write_demo_models
+
+    encoder = wan_core.load_text_encoder(write_demo_models(tmp_path)["text_encoders"])
+    prompts = ["a red fox trotting through snow", "blurry, static"]
+    plan = MemoryPlan(tuple(i for i in range(2) if i not in streamed), streamed, False, 1, 1, 0, 0)
+    want = encoder.encode(prompts)
+    got = encoder.encode(prompts, plan=plan, device="cpu")
+    assert torch.equal(got, want)
+    assert all(type(b).__name__ == "Block" for b in encoder.model.encoder.block)  # the loaded encoder is untouched
+
+
+def test_text_encoder_plan_for_the_real_umt5_xxl():
+    """UMT5-XXL in fp16 (11.4 GB with its 2.1 GB token table): whole on a 24 GiB budget; on 8 GiB its layers
+    stream and the table stays in host memory; on 0.5 GiB not even two streamed layers fit."""
+    from wan_core.models.text_encoder import UMT5_XXL, UMT5Encoder
+    from wan_core.runtime.memory_plan import plan_text_encoder
+
+    with torch.device("meta"):
+        model = UMT5Encoder(UMT5_XXL).to(torch.float16)
+    whole = plan_text_encoder(model, "cuda", 24 * GIB)
+    assert whole.streamed == () and whole.peak > module_bytes(model)
+    tight = plan_text_encoder(model, "cuda", 8 * GIB)
+    layers = [module_bytes(b) for b in model.encoder.block]
+    assert tight.streamed and tight.peak <= 8 * GIB and len(tight.resident) + len(tight.streamed) == 24
+    assert tight.peak < module_bytes(model) - module_bytes(model.shared) + 2 * max(layers)
+    with pytest.raises(wan_core.InputError, match="text encoder as fp8_e4m3fn"):
+        plan_text_encoder(model, "cuda", GIB // 2)

@@ -73,6 +73,7 @@ from .runtime import (
     parse_dtype,
     plan_for,
     plan_memory,
+    plan_text_encoder,
     register_backend,
     resolve_placement,
 )
@@ -119,7 +120,7 @@ __all__ = [
     "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "MagCache", "TeaCache", "StepCacheSettings",
     "BlockRunner",
     "CompiledRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta", "MemoryPlan", "plan_for",
-    "plan_memory", "module_bytes",
+    "plan_memory", "plan_text_encoder", "module_bytes",
     "attention_backends", "available_bytes", "default_compute_dtype", "get_attention", "parse_dtype",
     "register_backend", "resolve_placement",
     # sampling

@@ -41,9 +41,11 @@ class ImageEmbeds:
 
 
 def encode_prompts(text_encoder: TextEncoder, positive: str, negative: str | None = None,
-                   interrupt: Callable[[], bool] | None = None) -> TextEmbeds:
-    """Encode a prompt and its negative (the official negative prompt when None or empty)."""
+                   interrupt: Callable[[], bool] | None = None, plan=None, device=None) -> TextEmbeds:
+    """Encode a prompt and its negative (the official negative prompt when None or empty); ``plan`` / ``device``:
+    layers streamed to ``device`` (see :meth:`TextEncoder.encode`)."""
     if not isinstance(positive, str):
         raise InputError(f"the prompt must be text, got {type(positive).__name__}")
-    states = text_encoder.encode([positive, negative or NEGATIVE_PROMPT], interrupt=interrupt)
+    states = text_encoder.encode([positive, negative or NEGATIVE_PROMPT], interrupt=interrupt, plan=plan,
+                                 device=device)
     return TextEmbeds(states[:1].cpu(), states[1:].cpu())

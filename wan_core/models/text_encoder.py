@@ -19,7 +19,9 @@ from torch import nn
 
 from ..errors import InputError
 from ..runtime.finite import check_output
+from ..runtime.memory_plan import MemoryPlan
 from ..runtime.runners import BlockRunner, InterruptibleRunner, ResidentRunner
+from ..runtime.streaming import placed_view
 from .layers import CastLinear, LinearFactory
 
 
@@ -149,7 +151,8 @@ class UMT5Encoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, runner: BlockRunner | None = None) -> torch.Tensor:
         """ids / mask ``[B, L]``; ``runner`` executes the 24 blocks (default: each where its weights are)."""
-        x = self.shared.weight[ids].to(self.compute_dtype)  # gathers rows, then casts only those
+        # gathers rows where the table is (host memory when the blocks stream), then casts only those
+        x = self.shared.weight[ids.to(self.shared.weight.device)].to(device=ids.device, dtype=self.compute_dtype)
         x = (runner or ResidentRunner())(self.encoder.block, x, mask.bool())
         return self.encoder.final_layer_norm(x)
 
@@ -180,9 +183,12 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str], runner: BlockRunner | None = None,
-               interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+               interrupt: Callable[[], bool] | None = None, plan: MemoryPlan | None = None,
+               device: torch.device | None = None) -> torch.Tensor:
         """Prompts -> ``[B, 512, dim]`` float32; ``runner`` executes the encoder's block loop (default: resident;
-        with ``interrupt``, one that stops between layers when it returns True)."""
+        with ``interrupt``, one that stops between layers when it returns True). With a ``plan`` that streams
+        (:func:`~wan_core.runtime.memory_plan.plan_text_encoder`), the layers it names are copied to ``device``
+        one by one and the token table stays in host memory; the loaded encoder is not moved."""
         if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
             raise InputError(f"encode takes a non-empty list of prompt strings, got {texts!r}")
         ids, mask = self.tokenizer(texts)
@@ -191,7 +197,12 @@ class TextEncoder:
         # Positions after the longest prompt are padding: their keys are masked out and their outputs
         # zeroed, and the position bias depends only on distances, so they need no compute at all.
         used = int(mask.sum(1).max())
-        states = self.model(ids[:, :used].to(self.device), mask[:, :used].to(self.device), runner).float()
+        model = self.model
+        if plan is not None and plan.streamed:
+            model, _ = placed_view(model, device or self.device, plan.streamed, plan.prefetch, blocks="encoder.block",
+                                   on_host=("shared",))
+        compute = model.encoder.final_layer_norm.weight.device
+        states = model(ids[:, :used].to(compute), mask[:, :used].to(compute), runner).float()
         out = torch.zeros(len(texts), ids.shape[1], states.shape[-1], device=states.device)
         out[:, :used] = states * mask[:, :used].to(states.device)[..., None]
         return check_output("text encoder", out, self.model)

@@ -23,10 +23,13 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from .memory import available_bytes, dit_activation_bytes
+from .streaming import module_bytes
 
 FFN_CHUNKS = (1, 4, 16)
 """Token chunk counts the feed-forward may run in (1: whole)."""
 
+DIT_FIX = "render fewer frames or a smaller size, or store the model in fp8 (or a GGUF quant)"
 UNLIMITED = 2**62
 """The budget of a render with no device limit (the CPU, unless the user sets one)."""
 
@@ -65,10 +68,11 @@ def size_text(nbytes: int) -> str:
 
 
 def plan_memory(budget: int, block_bytes: Sequence[int], other_bytes: int,
-                activation_bytes: Callable[[int, int], int], cfg: bool, prefetch: int = PREFETCH) -> MemoryPlan:
+                activation_bytes: Callable[[int, int], int], cfg: bool, prefetch: int = PREFETCH,
+                fix: str = DIT_FIX) -> MemoryPlan:
     """The plan for a device ``budget`` (bytes). ``activation_bytes(batch, ffn_chunks)``: the render's peak
     activations for a model call over ``batch`` sequences (2 with batched CFG); ``cfg``: the render uses CFG
-    (and may run its branches one at a time)."""
+    (and may run its branches one at a time). ``fix``: what the "cannot fit" error tells the user to change."""
     options = []
     for sequential in ((False, True) if cfg else (False,)):
         batch = 1 if sequential or not cfg else 2
@@ -79,10 +83,9 @@ def plan_memory(budget: int, block_bytes: Sequence[int], other_bytes: int,
                 options.append((resident, sequential, chunks, fixed))
     if not options:
         least = other_bytes + activation_bytes(1, FFN_CHUNKS[-1]) + (prefetch + 1) * max(block_bytes)
-        raise InputError(f"this render needs at least {size_text(least)} on the device even with every block "
-                         f"streamed, CFG one branch at a time and the feed-forward in chunks, but the budget is "
-                         f"{size_text(budget)}; render fewer frames or a smaller size, or store the model in "
-                         "fp8 (or a GGUF quant)")
+        raise InputError(f"this needs at least {size_text(least)} on the device even with every block "
+                         f"streamed{', CFG one branch at a time' if cfg else ''} and the feed-forward in chunks, "
+                         f"but the budget is {size_text(budget)}; {fix}")
     count, sequential, chunks, fixed = max(
         options, key=lambda o: (sum(block_bytes[:o[0]]), not o[1], -o[2]))  # most resident, then fastest
     streamed = tuple(range(count, len(block_bytes)))
@@ -116,9 +119,6 @@ def plan_for(model, latent_shape, cfg: bool, device: torch.device, budget: int |
     budget: bytes (None: the device's free memory less :data:`RESERVE_BYTES`; on a CPU everything is
     resident unless a budget is given). allow_sequential: False when something needs CFG batched (a step cache).
     """
-    from .memory import available_bytes, dit_activation_bytes
-    from .streaming import module_bytes
-
     device = torch.device(device)
     if budget is None:
         budget = max(0, available_bytes(device) - RESERVE_BYTES) if device.type == "cuda" else UNLIMITED
@@ -133,3 +133,29 @@ def plan_for(model, latent_shape, cfg: bool, device: torch.device, budget: int |
     if cfg and not allow_sequential:  # CFG stays one batch of 2 (a step cache decides per branch within it)
         return plan_memory(budget, blocks, other, lambda _, chunks: activations(2, chunks), False)
     return plan_memory(budget, blocks, other, activations, cfg)
+
+
+def text_encoder_activation_bytes(config, prompts: int = 2, tokens: int = 512) -> int:
+    """Peak activation bytes of a UMT5 encoder pass over ``prompts`` prompts of ``tokens`` tokens (fp32 upper
+    bound): residual / norm / q, k, v, output copies, the gated feed-forward's three hidden tensors, and the
+    ``[prompts, heads, tokens, tokens]`` position bias with the scores and their softmax."""
+    per_token = 10 * config.dim * 4 + 3 * config.dim_ffn * 4
+    return prompts * tokens * per_token + 4 * prompts * config.num_heads * tokens * tokens * 4
+
+
+def plan_text_encoder(model, device: torch.device, budget: int | None = None, prompts: int = 2) -> MemoryPlan:
+    """Where a UMT5 encoder (``model``: ``shared``, ``encoder.block``) runs for ``prompts`` prompts: whole on the
+    device when it fits ``budget`` (bytes; None: free memory less :data:`RESERVE_BYTES` on CUDA), else its
+    leading layers resident and the rest streamed, the token table (a lookup) left in host memory."""
+    device = torch.device(device)
+    if budget is None:
+        budget = max(0, available_bytes(device) - RESERVE_BYTES) if device.type == "cuda" else UNLIMITED
+    blocks = [module_bytes(b) for b in model.encoder.block]
+    table = module_bytes(model.shared)
+    other = module_bytes(model) - sum(blocks) - table
+    activations = text_encoder_activation_bytes(model.config, prompts)
+    whole = module_bytes(model) + activations
+    if whole <= budget:
+        return MemoryPlan(tuple(range(len(blocks))), (), False, 1, 0, budget, whole)
+    return plan_memory(budget, blocks, other, lambda _batch, _chunks: activations, cfg=False,
+                       fix="load the text encoder as fp8_e4m3fn, or give the GPU more memory")

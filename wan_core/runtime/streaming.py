@@ -25,13 +25,19 @@ def module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def _copy_tree(module: nn.Module, convert) -> nn.Module:
-    """A structural copy of ``module``: new module objects all the way down, each tensor ``convert(t)``."""
+def _copy_tree(module: nn.Module, convert, kept: dict[str, nn.Module] | None = None, path: str = "") -> nn.Module:
+    """A structural copy of ``module``: new module objects all the way down, each tensor ``convert(t)``;
+    the submodules at the dotted paths in ``kept`` are put in as the given objects, uncopied and unconverted."""
+    kept = kept or {}
     twin = copy.copy(module)
     twin._parameters = {k: None if p is None else nn.Parameter(convert(p), requires_grad=False)
                         for k, p in module._parameters.items()}
     twin._buffers = {k: None if b is None else convert(b) for k, b in module._buffers.items()}
-    twin._modules = {k: None if m is None else _copy_tree(m, convert) for k, m in module._modules.items()}
+    twin._modules = {}
+    for name, child in module._modules.items():
+        where = f"{path}{name}"
+        twin._modules[name] = kept[where] if where in kept else (
+            None if child is None else _copy_tree(child, convert, kept, where + "."))
     return twin
 
 
@@ -126,15 +132,16 @@ class StreamedBlock(nn.Module):
             return lambda *args, **kwargs: self._run(name, *args, **kwargs)
 
 
-def placed_view(model: nn.Module, device: torch.device, streamed: Iterable[int],
-                prefetch: int = 1) -> tuple[nn.Module, BlockStreamer]:
-    """A per-render copy of ``model`` (with ``model.blocks``) on ``device`` with the blocks ``streamed``
-    left in host memory behind :class:`StreamedBlock` wrappers. Returns the view and its streamer."""
+def placed_view(model: nn.Module, device: torch.device, streamed: Iterable[int], prefetch: int = 1,
+                blocks: str = "blocks", on_host: Iterable[str] = ()) -> tuple[nn.Module, BlockStreamer]:
+    """A per-render copy of ``model`` on ``device`` whose blocks ``streamed`` (of the ModuleList at the dotted
+    path ``blocks``) stay in host memory behind :class:`StreamedBlock` wrappers, and whose submodules at the
+    dotted paths ``on_host`` (a text encoder's token embedding: a lookup, not a product) stay where they are.
+    Returns the view and its streamer (which counts the bytes placed on the device)."""
     device = torch.device(device)
     streamed = sorted(set(streamed))
-    blocks = list(model.blocks)
-    host_order = [blocks[i] for i in streamed]
-    streamer = BlockStreamer(device, host_order, prefetch)
+    stack = model.get_submodule(blocks)
+    streamer = BlockStreamer(device, [stack[i] for i in streamed], prefetch)
     position = {i: n for n, i in enumerate(streamed)}
     resident_bytes = 0
 
@@ -143,13 +150,9 @@ def placed_view(model: nn.Module, device: torch.device, streamed: Iterable[int],
         resident_bytes += t.numel() * t.element_size()
         return t.to(device)
 
-    hidden = {i: blocks[i] for i in streamed}
-    view = copy.copy(model)
-    view._modules = dict(model._modules)
-    view._modules["blocks"] = nn.ModuleList(StreamedBlock(position[i], streamer) if i in hidden else blocks[i]
-                                            for i in range(len(blocks)))
-    view = _copy_tree(view, to_device)  # every other tensor to the device (a no-op move on the CPU)
-    for i in streamed:  # _copy_tree copied the wrappers: point them back at the one streamer
-        view.blocks[i].streamer = streamer
+    kept = {blocks: nn.ModuleList(StreamedBlock(position[i], streamer) if i in position
+                                  else _copy_tree(stack[i], to_device) for i in range(len(stack)))}
+    kept.update({path: model.get_submodule(path) for path in on_host})
+    view = _copy_tree(model, to_device, kept)  # every other tensor to the device (a no-op move on the CPU)
     streamer.add_resident(resident_bytes)
     return view, streamer
