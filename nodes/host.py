@@ -152,16 +152,21 @@ def on_compute_device(*models):
         release_memory()
 
 
-def vram_budget(model, device: torch.device, requested_gb: float) -> int | None:
-    """Bytes a render may place on ``device``: the user's ``requested_gb``, or (0) automatic: inside ComfyUI,
-    after asking its model manager to free what this model and its render need (it unloads other models),
-    ComfyUI's free-memory figure less its reserve; standalone, None (the planner's own default)."""
+def vram_budget(model, device: torch.device, requested_gb: float, need: int = 0) -> int | None:
+    """Bytes a render may place on ``device``: the user's ``requested_gb``, or (0) automatic: inside ComfyUI, after
+    asking its model manager to make room for ``need`` bytes (the whole model and its render; it unloads other
+    models), ComfyUI's free-memory figure plus what we already hold of ``model`` there, less ComfyUI's reserve
+    (``--reserve-vram``); standalone, None (the planner's own default: free memory less 1 GiB)."""
     if requested_gb and requested_gb > 0:
         return int(requested_gb * 2**30)
-    if not IN_COMFYUI or torch.device(device).type == "cpu":
+    device = torch.device(device)
+    if not IN_COMFYUI or device.type == "cpu":
         return None
-    _mm.free_memory(module_bytes(model) * 2, device)
-    return max(0, int(_mm.get_free_memory(device)) - int(_mm.minimum_inference_memory()))
+    held = _held.get(_weights_key(model))
+    ours = held.loaded if held is not None and held.load_device == device else 0
+    keep = [_mm.LoadedModel(held)] if ours else []
+    _mm.free_memory(max(0, need - ours) + _mm.extra_reserved_memory(), device, keep_loaded=keep)
+    return max(0, int(_mm.get_free_memory(device)) + ours - int(_mm.extra_reserved_memory()))
 
 
 def report(line: str) -> None:
@@ -177,6 +182,107 @@ def placed_per_render(device: torch.device):
         yield device
     finally:
         release_memory()
+
+
+def _weights_key(model) -> int:
+    """One key for a model and every handle sharing its weights (LoRA handles share the module tree)."""
+    return id(getattr(model, "_modules", model))
+
+
+class _Held:
+    """What ComfyUI's model manager sees of a model of ours that stays on its device between queue runs: the
+    parts of a ``ModelPatcher`` it calls (sizes, load, unload). ComfyUI unloads it (:meth:`detach`) when
+    another model needs the memory and when the user presses "Unload models" (POST /free)."""
+
+    parent = None
+
+    def __init__(self, model, load_device: torch.device, offload_device: torch.device):
+        self.model, self.load_device, self.offload_device = model, load_device, offload_device
+        self.size, self.loaded = module_bytes(model), 0
+
+    def model_size(self) -> int:
+        return self.size
+
+    def loaded_size(self) -> int:
+        return self.loaded
+
+    def current_loaded_device(self) -> torch.device:
+        return self.load_device if self.loaded else self.offload_device
+
+    def model_dtype(self) -> torch.dtype:
+        return getattr(self.model, "compute_dtype", torch.float32)
+
+    def model_patches_to(self, _device_or_dtype) -> None:
+        return None
+
+    def model_patches_models(self) -> list:
+        return []
+
+    def is_clone(self, other) -> bool:
+        return getattr(other, "model", None) is self.model
+
+    def lowvram_patch_counter(self) -> int:
+        return 0
+
+    def partially_load(self, device, extra_memory=0, force_patch_weights=False) -> int:
+        """Place the whole model (our planner decided it fits); returns the bytes newly placed."""
+        if self.loaded:
+            return 0
+        self.model.to(device)
+        self.loaded = self.size
+        return self.size
+
+    def partially_unload(self, device, memory_to_free=0) -> int:
+        return 0  # all or nothing: ComfyUI then unloads it whole
+
+    def detach(self, unpatch_all: bool = True) -> None:
+        if not unpatch_all:  # ComfyUI re-registering the same model: it stays where it is
+            return
+        self.model.to(self.offload_device)
+        self.loaded = 0
+        _held.pop(_weights_key(self.model), None)
+        log.info("WanCore: %s unloaded from %s by ComfyUI's model manager", type(self.model).__name__,
+                 self.load_device)
+
+
+_held: dict[int, _Held] = {}
+"""Models we keep on the compute device inside ComfyUI, by :func:`_weights_key`."""
+
+
+def unload(model) -> None:
+    """Take ``model`` off the compute device now (and out of ComfyUI's list of loaded models)."""
+    held = _held.get(_weights_key(model))
+    if held is not None:
+        for i in range(len(_mm.current_loaded_models) - 1, -1, -1):
+            if _mm.current_loaded_models[i].model is held:
+                _mm.current_loaded_models.pop(i)
+        held.detach()
+    else:
+        model.to(offload_device())
+    release_memory()
+
+
+@contextmanager
+def model_on_device(model, extra_bytes: int = 0):
+    """``model`` whole on the compute device for the block. Inside ComfyUI it is loaded through ComfyUI's model
+    manager (which first unloads other models to make room for it and ``extra_bytes`` of activations) and stays
+    there between queue runs until ComfyUI needs the memory; standalone it goes back to the offload device
+    afterwards. After a failure or a cancel it leaves the device in both cases."""
+    device = compute_device()
+    if not IN_COMFYUI:
+        with on_compute_device(model):
+            yield device
+        return
+    key = _weights_key(model)
+    held = _held.get(key)
+    if held is None or held.load_device != device:
+        held = _held[key] = _Held(model, device, offload_device())
+    _mm.load_models_gpu([held], memory_required=extra_bytes)
+    try:
+        yield device
+    except BaseException:
+        unload(model)
+        raise
 
 
 def render_started() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..wan_core import (
     CACHE_KINDS,
     SAMPLERS,
+    UNLIMITED,
     CompiledRunner,
     RenderContext,
     ResidentRunner,
@@ -17,6 +18,7 @@ from ..wan_core import (
     check_tensors,
     latent_preview,
     manifest_versions,
+    module_bytes,
     plan_for,
     sample,
 )
@@ -100,15 +102,23 @@ class WanCoreSampler:
         check_render(model.config, shape, **settings, device=device, compute_dtype=model.compute_dtype)
         check_tensors(model, embeds.positive, embeds.negative, start, conditioning.get("clip_fea"),
                       conditioning.get("y"), shape, conditioning.get("vace_context"))
-        plan = plan_for(model, shape, cfg_branches(embeds.negative, cfg) == 2, device,
-                        host.vram_budget(model, device, vram_budget_gb), allow_sequential=cache is None)
+        guided = cfg_branches(embeds.negative, cfg) == 2
+
+        def replan(budget):  # (after running out of memory) the model leaves the device; the new plan places it
+            host.unload(model)
+            return plan_for(model, shape, guided, device, budget, allow_sequential=cache is None)
+
+        whole = plan_for(model, shape, guided, device, UNLIMITED)  # everything resident: what ComfyUI makes room for
+        budget = host.vram_budget(model, device, vram_budget_gb, need=whole.peak)
+        plan = plan_for(model, shape, guided, device, budget, allow_sequential=cache is None)
         host.report(plan.describe())
         progress = host.Progress(steps)
-        placing = host.placed_per_render(device) if plan.streamed else host.on_compute_device(model)
+        placing = (host.placed_per_render(device) if plan.streamed
+                   else host.model_on_device(model, plan.peak - module_bytes(model)))
         with host.cancellable() as interrupt, placing as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,
                          render=_render(device, attention, compile, cache, steps, embeds.negative, cfg, model,
-                                        request, plan),
+                                        request, plan, replan),
                          interrupt=interrupt,
                          stop_after=stop_after or None,
                          resume=ResumeFile(host.resume_path(unique_id)) if resume == "auto" else None,
@@ -120,13 +130,13 @@ class WanCoreSampler:
 
 
 def _render(device, attention: str, compiled: bool, cache, steps: int, negative, cfg: float, model,
-            request, plan) -> RenderContext:
+            request, plan, replan) -> RenderContext:
     """This render's context: where it computes, its attention kernel, a fresh step cache when one is connected
     (with the published tables of this model at this size), compiled blocks when asked."""
     runner = ResidentRunner() if cache is None else cache.runner(
         steps, cfg_branches(negative, cfg), model.config.model_type, model.config.dim, request.width * request.height)
     return RenderContext(device=device, attention=attention, runner=CompiledRunner(runner) if compiled else runner,
-                         plan=plan)
+                         plan=plan, replan=replan)
 
 
 class WanCoreCache:

@@ -118,6 +118,18 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         assert any(v["class_type"] == "WanCoreSampler" for v in manifest["graph"].values())
         assert all("hash" in ref for ref in manifest["models"].values()) and len(manifest["models"]) == 3
         assert not list((base / "output" / "wancore_resume").glob("*"))  # the finished render removed its state
+        # our DiT went to the device through ComfyUI's model manager (its own log line) and is held there ...
+        assert "Requested to load WanDiT" in log.read_text(), log.read_text()[-3000:]
+        assert "unloaded from" not in log.read_text()
+        # ... until "Unload models" (POST /free) makes ComfyUI release it
+        free = urllib.request.Request(f"{url}/free", data=json.dumps({"unload_models": True}).encode(),
+                                      headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(free, timeout=10).close()
+        deadline = time.monotonic() + 60
+        while "WanDiT unloaded from" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert "WanCore: WanDiT unloaded from cpu by ComfyUI's model manager" in log.read_text(), \
+            log.read_text()[-3000:]
 
         # a bad value reaches the user as our message, raised before any work, and writes nothing
         bad = _demo_overrides()

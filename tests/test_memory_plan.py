@@ -179,3 +179,43 @@ def test_text_encoder_plan_for_the_real_umt5_xxl():
     assert tight.peak < module_bytes(model) - module_bytes(model.shared) + 2 * max(layers)
     with pytest.raises(wan_core.InputError, match="text encoder as fp8_e4m3fn"):
         plan_text_encoder(model, "cuda", GIB // 2)
+
+
+class _OutOfMemoryOnce:
+    """A runner whose first block loop fails as a CUDA allocation would (torch.OutOfMemoryError)."""
+
+    def __init__(self):
+        self.failed = 0
+
+    def __call__(self, blocks, h, *args):
+        if not self.failed:
+            self.failed += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        for block in blocks:
+            h = block(h, *args)
+        return h
+
+
+def test_out_of_memory_remakes_the_plan_once_and_retries_the_step(caplog):
+    deep = replace(T2V, num_layers=8)
+    model = _model(deep)
+    request = wan_core.SampleRequest(80, 64, 5)
+    shape = request.latent_shape()
+    context, negative = torch.randn(1, 7, deep.text_dim), torch.randn(1, 5, deep.text_dim)
+    settings = dict(request=request, steps=2, cfg=5.0, seed=4)
+    want = wan_core.sample(model, context, negative, **settings)
+    plan = plan_for(model, shape, cfg=True, device="cpu", budget=module_bytes(model) * 4)
+    budgets = []
+
+    def replan(budget):
+        budgets.append(budget)
+        return plan_for(model, shape, cfg=True, device="cpu", budget=budget)
+
+    render = wan_core.RenderContext(plan=plan, replan=replan, runner=_OutOfMemoryOnce())
+    got = wan_core.sample(model, context, negative, **settings, render=render)
+    assert budgets == [plan.peak * 3 // 4] and render.plan.streamed and not plan.streamed
+    assert "out of device memory" in caplog.text
+    assert _rel(got, want) <= 1e-5  # streamed and perhaps one CFG branch at a time: 1e-6-level rounding
+    again = wan_core.RenderContext(plan=plan, runner=_OutOfMemoryOnce())  # nothing to remake: the error stands
+    with pytest.raises(torch.OutOfMemoryError):
+        wan_core.sample(model, context, negative, **settings, render=again)

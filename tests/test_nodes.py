@@ -230,6 +230,7 @@ def test_text_encoder_is_moved_off_the_compute_device(env, monkeypatch):
     host = load_pack().nodes.host
     moves = []
     monkeypatch.setattr(host, "compute_device", lambda: torch.device("cuda", 0))
+    monkeypatch.setattr(host, "vram_budget", lambda *args, **kwargs: 2**40)  # the faked GPU's free memory
     monkeypatch.setattr(encoder, "to", lambda device: moves.append(torch.device(device)) or encoder)
     embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "")[0]
     assert moves == [torch.device("cuda", 0), host.offload_device()]

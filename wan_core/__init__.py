@@ -54,6 +54,7 @@ from .pipeline import (
 from .runtime import (
     CACHE_KINDS,
     DTYPES,
+    UNLIMITED,
     AttentionBackend,
     BlockRunner,
     CompiledRunner,
@@ -119,8 +120,8 @@ __all__ = [
     # runtime
     "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "MagCache", "TeaCache", "StepCacheSettings",
     "BlockRunner",
-    "CompiledRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta", "MemoryPlan", "plan_for",
-    "plan_memory", "plan_text_encoder", "module_bytes",
+    "CompiledRunner", "Placement", "RenderContext", "ResidentRunner", "WeightDelta", "MemoryPlan", "UNLIMITED",
+    "plan_for", "plan_memory", "plan_text_encoder", "module_bytes",
     "attention_backends", "available_bytes", "default_compute_dtype", "get_attention", "parse_dtype",
     "register_backend", "resolve_placement",
     # sampling

@@ -189,9 +189,14 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     images = plan.vace.get("references", ()) if args.task == "vace" else ()
     shape = (1, 16, (plan.size["frames"] - 1) // 4 + 1 + len(images), plan.size["height"] // 8,
              plan.size["width"] // 8)
-    memory = plan_for(dit, shape, cfg_branches(args.negative, args.cfg) == 2, plan.device,
-                      int(args.vram_budget * 2**30) if args.vram_budget > 0 else None,
+    guided = cfg_branches(args.negative, args.cfg) == 2
+    memory = plan_for(dit, shape, guided, plan.device, int(args.vram_budget * 2**30) if args.vram_budget > 0 else None,
                       allow_sequential=plan.cache is None)
+
+    def replan(budget: int):  # after running out of device memory: the DiT leaves it, the new plan places it
+        dit.to("cpu")
+        return plan_for(dit, shape, guided, plan.device, budget, allow_sequential=plan.cache is None)
+
     log.info(memory.describe())
     if not memory.streamed:
         dit.to(plan.device)  # everything resident: the weights move once
@@ -205,7 +210,7 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         plan.size["steps"], cfg_branches(args.negative, args.cfg), dit.config.model_type, dit.config.dim,
         plan.size["width"] * plan.size["height"])
     common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-                  render=RenderContext(device=plan.device, attention=args.attention, plan=memory,
+                  render=RenderContext(device=plan.device, attention=args.attention, plan=memory, replan=replan,
                                        runner=CompiledRunner(runner) if args.compile else runner),
                   callback=progress, resume=resume,
                   stop_after=args.stop_after or None, manifest=manifest, **plan.size)

@@ -10,6 +10,7 @@ runner object of this context, so a new context starts clean.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from .placement import COMPUTE_DTYPES
 from .runners import BlockRunner, ResidentRunner
 from .streaming import placed_view
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RenderContext:
@@ -36,6 +39,7 @@ class RenderContext:
     patches: Mapping[str, WeightPatch] = field(default_factory=dict)  # {DiT parameter name: patch}
     precompute_keys_values: bool = True  # every block's text / image keys, values once per render (2 x layers x text)
     plan: MemoryPlan | None = None  # streamed blocks, CFG one branch at a time, feed-forward chunks (memory_plan)
+    replan: Callable[[int], MemoryPlan] | None = None  # budget (bytes) -> plan: remakes it after running out of memory
     _views: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(model) -> patched view
     _reused: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # key -> (sources, value)
 
@@ -98,3 +102,23 @@ class RenderContext:
         """The block streamer of this render's view of ``model`` (bytes placed and their peak), or None."""
         held = self._views.get(id(model))
         return None if held is None else held[2]
+
+    def shrink_plan(self) -> bool:
+        """After the device ran out of memory: remake the plan once, for 3/4 of the bytes the failed one meant to
+        use, and drop this render's placed views (their memory is freed). False when there is nothing to remake
+        (no plan or no ``replan``) or it was remade already. A budget too small for any plan raises
+        :class:`InputError` with the minimum."""
+        if self.plan is None or self.replan is None or self._reused.get(_SHRUNK):
+            return False
+        smaller = self.replan(int(min(self.plan.peak, self.plan.budget) * 3 // 4))
+        log.warning("out of device memory with %s; retrying the step with %s", self.plan.describe(),
+                    smaller.describe())
+        self._reused[_SHRUNK] = True
+        object.__setattr__(self, "plan", smaller)  # per-render state: the plan this render runs from now on
+        self._views.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return True
+
+
+_SHRUNK = "memory plan remade"

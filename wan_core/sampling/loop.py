@@ -230,9 +230,13 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     moved["render"] = render
     if vace_context is not None:
         moved.update(vace_context=vace_context.to(device), vace_strength=float(vace_strength))
-    sequential = render.plan is not None and render.plan.cfg_sequential
-    fn = cfg_denoiser(model, context.to(device), None if negative is None else negative.to(device), cfg,
-                      sequential, **moved)
+    context, negative = context.to(device), None if negative is None else negative.to(device)
+
+    def denoiser() -> Denoise:  # CFG batched or one branch at a time, as the render's (current) plan says
+        sequential = render.plan is not None and render.plan.cfg_sequential
+        return cfg_denoiser(model, context, negative, cfg, sequential, **moved)
+
+    fn = _retry_out_of_memory(denoiser, render)
 
     def on_step(i: int, x_i: torch.Tensor, x0: torch.Tensor) -> None:
         if not is_finite(x_i):
@@ -270,6 +274,23 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     if resume is not None:
         resume.remove()
     return denormalize_latents(out)
+
+
+def _retry_out_of_memory(make: Callable[[], Denoise], render: RenderContext) -> Denoise:
+    """The denoiser ``make()`` returns; when an evaluation runs out of device memory, the render's plan is
+    remade once with a smaller budget (:meth:`RenderContext.shrink_plan`) and the evaluation retried."""
+    current = [make()]
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        try:
+            return current[0](x, t)
+        except torch.OutOfMemoryError:
+            if not render.shrink_plan():
+                raise
+        current[0] = make()
+        return current[0](x, t)
+
+    return denoise
 
 
 def _flush_quietly(resume: ResumeFile) -> None:
