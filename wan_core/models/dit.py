@@ -326,8 +326,9 @@ class WanDiT(nn.Module):
         e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))  # [B, C] fp32
         e6 = self.time_projection(e).unflatten(1, (6, cfg.dim))  # [B, 6, C] fp32
 
-        with_kv = render.precompute_keys_values
-        text, image, kv = render.reuse(("conditioning", self), (context, clip_fea),
+        with_kv = render.precompute_keys_values and (render.plan is None or render.plan.keys_values)
+        # keyed by the prompt too: CFG one branch at a time alternates two prompts, each made once per render
+        text, image, kv = render.reuse(("conditioning", self, id(context)), (context, clip_fea),
                                        lambda: self._conditioning(context, clip_fea, dtype, with_kv))
         vace = None
         if vace_context is not None:

@@ -48,6 +48,7 @@ class MemoryPlan:
     prefetch: int
     budget: int  # bytes
     peak: int  # planned peak bytes on the device
+    keys_values: bool = True  # the text keys / values of every block kept for the render (else made per call)
 
     def describe(self) -> str:
         """One line for the log and the user."""
@@ -58,6 +59,8 @@ class MemoryPlan:
         parts.append("CFG one branch at a time" if self.cfg_sequential else "CFG batched")
         if self.ffn_chunks > 1:
             parts.append(f"feed-forward in {self.ffn_chunks} chunks")
+        if not self.keys_values:
+            parts.append("text keys / values made at each step")
         limit = "no device limit" if self.budget >= UNLIMITED else f"of {size_text(self.budget)}"
         return f"memory plan: {', '.join(parts)}; peak ~{size_text(self.peak)} {limit}"
 
@@ -69,29 +72,32 @@ def size_text(nbytes: int) -> str:
 
 def plan_memory(budget: int, block_bytes: Sequence[int], other_bytes: int,
                 activation_bytes: Callable[[int, int], int], cfg: bool, prefetch: int = PREFETCH,
-                fix: str = DIT_FIX) -> MemoryPlan:
+                fix: str = DIT_FIX, kv_bytes: int = 0) -> MemoryPlan:
     """The plan for a device ``budget`` (bytes). ``activation_bytes(batch, ffn_chunks)``: the render's peak
     activations for a model call over ``batch`` sequences (2 with batched CFG); ``cfg``: the render uses CFG
-    (and may run its branches one at a time). ``fix``: what the "cannot fit" error tells the user to change."""
+    (and may run its branches one at a time). ``fix``: what the "cannot fit" error tells the user to change.
+    ``kv_bytes``: the every-block text keys / values a render keeps (dropped, made at each call, when needed)."""
     options = []
-    for sequential in ((False, True) if cfg else (False,)):
-        batch = 1 if sequential or not cfg else 2
-        for chunks in FFN_CHUNKS:
-            fixed = other_bytes + activation_bytes(batch, chunks)
-            resident = _resident_prefix(budget - fixed, block_bytes, prefetch)
-            if resident is not None:
-                options.append((resident, sequential, chunks, fixed))
+    for keep in ((True, False) if kv_bytes else (True,)):
+        for sequential in ((False, True) if cfg else (False,)):
+            batch = 1 if sequential or not cfg else 2
+            for chunks in FFN_CHUNKS:
+                fixed = other_bytes + activation_bytes(batch, chunks) + (kv_bytes if keep else 0)
+                resident = _resident_prefix(budget - fixed, block_bytes, prefetch)
+                if resident is not None:
+                    options.append((resident, keep, sequential, chunks, fixed))
     if not options:
         least = other_bytes + activation_bytes(1, FFN_CHUNKS[-1]) + (prefetch + 1) * max(block_bytes)
         raise InputError(f"this needs at least {size_text(least)} on the device even with every block "
                          f"streamed{', CFG one branch at a time' if cfg else ''} and the feed-forward in chunks, "
                          f"but the budget is {size_text(budget)}; {fix}")
-    count, sequential, chunks, fixed = max(
-        options, key=lambda o: (sum(block_bytes[:o[0]]), not o[1], -o[2]))  # most resident, then fastest
+    count, keep, sequential, chunks, fixed = max(  # most resident, then fastest
+        options, key=lambda o: (sum(block_bytes[:o[0]]), o[1], not o[2], -o[3]))
     streamed = tuple(range(count, len(block_bytes)))
     staging = (prefetch + 1) * max((block_bytes[i] for i in streamed), default=0) if streamed else 0
     peak = fixed + sum(block_bytes[:count]) + staging
-    return MemoryPlan(tuple(range(count)), streamed, sequential, chunks, prefetch if streamed else 0, budget, peak)
+    return MemoryPlan(tuple(range(count)), streamed, sequential, chunks, prefetch if streamed else 0, budget, peak,
+                      keep)
 
 
 def _resident_prefix(room: int, block_bytes: Sequence[int], prefetch: int) -> int | None:
@@ -127,12 +133,17 @@ def plan_for(model, latent_shape, cfg: bool, device: torch.device, budget: int |
     blocks = [module_bytes(b) for b in model.blocks]
     other = module_bytes(model) - sum(blocks)
 
+    # every block's text (and image) keys and values, made once per render for both CFG branches
+    image_tokens = config.clip_tokens if config.has_image_branch else 0
+    kv = 2 * config.num_layers * (config.text_len + image_tokens) * config.dim * batch * (2 if cfg else 1)
+    kv *= dtype.itemsize
+
     def activations(cfg_batch: int, chunks: int) -> int:
         return dit_activation_bytes(config.dim, config.ffn_dim, tokens, batch * cfg_batch, dtype, chunks)
 
     if cfg and not allow_sequential:  # CFG stays one batch of 2 (a step cache decides per branch within it)
-        return plan_memory(budget, blocks, other, lambda _, chunks: activations(2, chunks), False)
-    return plan_memory(budget, blocks, other, activations, cfg)
+        return plan_memory(budget, blocks, other, lambda _, chunks: activations(2, chunks), False, kv_bytes=kv)
+    return plan_memory(budget, blocks, other, activations, cfg, kv_bytes=kv)
 
 
 def text_encoder_activation_bytes(config, prompts: int = 2, tokens: int = 512) -> int:
