@@ -8,7 +8,7 @@ import argparse
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed", "lora",
-                                                 "gguf", "vace"],
+                                                 "gguf", "vace", "memory"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -60,6 +60,10 @@ def main(argv=None) -> None:
         from . import vace
 
         vace.main()
+    elif args.what == "memory":
+        from . import memory
+
+        memory.main(args.device or "cpu")
     elif args.what == "speed":
         if args.device:
             from . import speed_device
