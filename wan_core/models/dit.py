@@ -24,6 +24,7 @@ from .layers import (
     Rotation,
     TokenRMSNorm,
     apply_rope,
+    by_rows,
     cast_weight,
     gelu_tanh,
     rope_grid,
@@ -84,10 +85,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotation: Rotation, attend: AttentionFn) -> torch.Tensor:
         """x ``[B, L, C]``; rotation: cos / sin ``[L, 1, head_dim/2]`` (see :func:`rope_grid`) -> ``[B, L, C]``."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))  # [B, L, heads, d]
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
-        v = self.v(x).unflatten(-1, (self.heads, -1))
-        return self.o(attend(apply_rope(q, rotation), apply_rope(k, rotation), v))
+        q = apply_rope(by_rows(self.norm_q, self.q(x), x.dtype).unflatten(-1, (self.heads, -1)), rotation)
+        k = apply_rope(by_rows(self.norm_k, self.k(x), x.dtype).unflatten(-1, (self.heads, -1)), rotation)
+        return self.o(attend(q, k, self.v(x).unflatten(-1, (self.heads, -1))))  # q, k, v: [B, L, heads, d]
 
 
 class CrossAttention(nn.Module):
@@ -119,7 +119,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: KeysValues, attend: AttentionFn) -> torch.Tensor:
         """x ``[B, L, C]``; kv from :meth:`keys_values` (text, then image when present) -> ``[B, L, C]``."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
+        q = by_rows(self.norm_q, self.q(x), x.dtype).unflatten(-1, (self.heads, -1))
         out = attend(q, kv[0], kv[1])
         if len(kv) == 4:
             out = out + attend(q, kv[2], kv[3])
@@ -173,16 +173,20 @@ class DiTBlock(nn.Module):
         """:meth:`forward` with the block's keys / values given (None: computed here from the text)."""
         dtype = inputs.text.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + inputs.e6).unsqueeze(2).unbind(1)
-        h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)  # norm * (1 + scale) + shift, in one pass
-        x = torch.addcmul(x, self.self_attn(h.to(dtype), inputs.rotation, inputs.attend).float(), gate1)
+        # norm * (1 + scale) + shift in fp32, cast to the compute dtype a slice of tokens at a time (by_rows), and
+        # compute-dtype results added to the fp32 stream by type promotion: the same bits as whole-tensor fp32
+        # copies, without holding them (at 720p each is 1.44 GiB)
+        h = by_rows(lambda rows: torch.addcmul(shift1, self.norm1(rows), 1 + scale1), x, dtype)
+        x = torch.addcmul(x, self.self_attn(h, inputs.rotation, inputs.attend), gate1)
         kv = kv if kv is not None else self.cross_attn.keys_values(inputs.text, inputs.image)
-        x = x + self.cross_attn(self.norm3(x).to(dtype), kv, inputs.attend).float()
-        h = torch.addcmul(shift2, self.norm2(x), 1 + scale2).to(dtype)
+        x = x + self.cross_attn(by_rows(self.norm3, x, dtype), kv, inputs.attend)
+        h = by_rows(lambda rows: torch.addcmul(shift2, self.norm2(rows), 1 + scale2), x, dtype)
         if inputs.ffn_chunks > 1:  # the hidden layer for a share of the tokens at a time (a memory plan's choice)
             y = torch.cat([self.ffn(part) for part in h.chunk(inputs.ffn_chunks, dim=1)], dim=1)
         else:
             y = self.ffn(h)
-        return torch.addcmul(x, y.float(), gate2)
+        del h
+        return torch.addcmul(x, y, gate2)
 
 
 class VaceBlock(DiTBlock):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import memory
+
 
 class CastLinear(nn.Linear):
     """``nn.Linear`` whose stored weight dtype is independent of the compute dtype.
@@ -147,13 +149,41 @@ def rope_grid(cos: torch.Tensor, sin: torch.Tensor, grid: tuple[int, int, int], 
     return expand(cos.float()), expand(sin.float())
 
 
+TOKEN_CHUNK = memory.TOKEN_CHUNK
+"""Tokens per slice of row-wise work (see ``runtime.memory.TOKEN_CHUNK``, which the memory estimate counts)."""
+
+
+def by_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dtype: torch.dtype,
+            chunk: int | None = None) -> torch.Tensor:
+    """``fn(x).to(dtype)`` for a row-wise ``fn`` (each token's result depends on that token only), computed over
+    slices of ``chunk`` tokens (dim 1; default :data:`TOKEN_CHUNK`) into one ``dtype`` tensor: the same bits, a
+    slice's temporaries at a time."""
+    chunk = chunk or TOKEN_CHUNK
+    if x.shape[1] <= chunk:
+        return fn(x).to(dtype)
+    first = fn(x[:, :chunk]).to(dtype)
+    out = first.new_empty(x.shape[0], x.shape[1], *first.shape[2:])
+    out[:, :chunk] = first
+    del first
+    for start in range(chunk, x.shape[1], chunk):
+        out[:, start:start + chunk] = fn(x[:, start:start + chunk])
+    return out
+
+
 def apply_rope(x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
     """Rotate channel pairs (2i, 2i+1) of ``x [B, L, heads, head_dim]`` by the pair's angle (fp32 math).
 
     ``(a, b) -> (a cos - b sin, a sin + b cos)``: the complex product ``(a + ib)(cos + i sin)``,
-    written out in the same order of operations, so it is bit-identical to it.
+    written out in the same order of operations, so it is bit-identical to it. Long sequences are rotated
+    :data:`TOKEN_CHUNK` tokens at a time (the fp32 temporaries of one slice), with the same bits.
     """
     cos, sin = rotation
+    if x.shape[1] > TOKEN_CHUNK:
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[1], TOKEN_CHUNK):
+            part = slice(start, start + TOKEN_CHUNK)
+            out[:, part] = apply_rope(x[:, part], (cos[part], sin[part]))
+        return out
     a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, L, heads, head_dim/2] each
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)
 
@@ -162,5 +192,6 @@ def gelu_tanh() -> nn.Module:
     return nn.GELU(approximate="tanh")
 
 
-__all__ = ["CastLinear", "FP32LayerNorm", "LinearFactory", "Rotation", "TokenRMSNorm", "apply_rope", "cast_weight",
+__all__ = ["TOKEN_CHUNK", "by_rows",
+           "CastLinear", "FP32LayerNorm", "LinearFactory", "Rotation", "TokenRMSNorm", "apply_rope", "cast_weight",
            "gelu_tanh", "rope_grid", "rope_tables", "sinusoidal_embedding"]

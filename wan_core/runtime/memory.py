@@ -1,8 +1,8 @@
 """How much memory a render needs and has: a DiT activation estimate checked before anything is allocated.
 
 The estimate counts what is alive at the peak of one DiT block for the whole CFG batch: the fp32
-residual stream and its norm / modulation temporaries, the q / k / v / attention outputs and their
-fp32 rotary copies, and the feed-forward's hidden layer. Attention itself runs in memory-efficient
+residual streams, the q / k / v / attention tensors, and the feed-forward's hidden layer (constants
+measured on our forward: see :func:`dit_activation_bytes`). Attention itself runs in memory-efficient
 kernels (no ``L x L`` score matrix). Weights are not counted: they are already where they are.
 """
 
@@ -14,23 +14,42 @@ import torch
 
 from ..errors import InputError
 
-RESIDUAL_COPIES = 8
-"""fp32 ``[B, L, C]`` tensors alive at a block's peak: stream, normed, modulated, gated sums, rotary q / k."""
+STREAM_COPIES = 3
+"""fp32 ``[B, L, C]`` residual streams alive inside a block: the embedded tokens, the block's input (held by
+the runner) and the block's new stream."""
 
-PROJECTION_COPIES = 6
-"""Compute-dtype ``[B, L, C]`` tensors: q, k, v, the attention output, its projection, the cross-attention query."""
+ATTENTION_COPIES = 5
+"""Compute-dtype ``[B, L, C]`` tensors at the self-attention peak: its input, q, k, v and one projection
+(norms, modulation and rotary run a slice of tokens at a time: ``layers.by_rows``)."""
 
 FFN_COPIES = 2
-"""Compute-dtype ``[B, L, ffn]`` tensors: the first Linear's output and its GELU."""
+"""Compute-dtype ``[B, L, ffn]`` tensors of the feed-forward (the first Linear's output and its GELU), beside
+its compute-dtype input."""
+
+TOKEN_CHUNK = 8192
+"""Tokens per slice of row-wise work (norms, modulation, rotary: ``models.layers.by_rows``): their fp32
+temporaries exist for one slice at a time (at 720p, 75,600 tokens x 5120 wide, a whole fp32 copy is 1.44 GiB;
+a slice 0.16 GiB)."""
+
+SLICE_COPIES = 4
+"""fp32 ``[B, TOKEN_CHUNK, C]`` temporaries of one slice of row-wise work."""
+
+MARGIN = 1.05
+"""Allocator rounding and the small tensors (modulation, time embedding, masks) on top of the counted ones."""
 
 
 def dit_activation_bytes(dim: int, ffn_dim: int, tokens: int, batch: int, dtype: torch.dtype,
                          ffn_chunks: int = 1) -> int:
     """Peak activation bytes of one DiT forward over ``batch`` sequences of ``tokens`` tokens (the
-    feed-forward's hidden layer over ``tokens / ffn_chunks`` tokens at a time)."""
-    per_token = RESIDUAL_COPIES * dim * 4 + PROJECTION_COPIES * dim * dtype.itemsize
-    ffn = FFN_COPIES * ffn_dim * dtype.itemsize * -(-tokens // ffn_chunks)
-    return batch * (tokens * per_token + ffn)
+    feed-forward's hidden layer over ``tokens / ffn_chunks`` tokens at a time); the every-block text keys /
+    values and VACE hints are not included. Checked against the live tensors of our forward, counted on the
+    ``meta`` device for the real configs (tests/test_memory_plan.py)."""
+    rows, size = batch * tokens, dtype.itemsize
+    stream = STREAM_COPIES * dim * 4 * rows
+    attention = ATTENTION_COPIES * dim * size * rows
+    ffn = (dim * rows + FFN_COPIES * ffn_dim * batch * -(-tokens // ffn_chunks)) * size
+    slices = SLICE_COPIES * dim * 4 * batch * min(tokens, TOKEN_CHUNK)
+    return int((stream + max(attention, ffn) + slices) * MARGIN)
 
 
 def available_bytes(device: torch.device) -> int:

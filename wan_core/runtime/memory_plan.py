@@ -11,8 +11,9 @@ being ``prefetch + 1`` of the largest streamed blocks (the one computing and tho
 - the feed-forward over all tokens, or in ``ffn_chunks`` token chunks: its hidden layer divided.
 
 Among the ways that fit, the plan keeps the most block bytes resident (so a smaller budget never keeps
-more), then prefers batched CFG and fewer chunks (faster). Nothing fits: :class:`InputError` with the
-smallest budget that would (everything streamed, one branch at a time, the most chunks).
+more), then keeps batched CFG, whole feed-forward passes and the text keys / values, in that order.
+Nothing fits: :class:`InputError` with the smallest budget that would (everything streamed, one branch at a
+time, the most chunks).
 """
 
 from __future__ import annotations
@@ -91,8 +92,10 @@ def plan_memory(budget: int, block_bytes: Sequence[int], other_bytes: int,
         raise InputError(f"this needs at least {size_text(least)} on the device even with every block "
                          f"streamed{', CFG one branch at a time' if cfg else ''} and the feed-forward in chunks, "
                          f"but the budget is {size_text(budget)}; {fix}")
-    count, keep, sequential, chunks, fixed = max(  # most resident, then fastest
-        options, key=lambda o: (sum(block_bytes[:o[0]]), o[1], not o[2], -o[3]))
+    # the most resident bytes; then give up, cheapest first: the kept keys / values (~0.1% of a 720p step to make
+    # again), whole feed-forward passes (chunks of thousands of tokens stay large GEMMs), batched CFG
+    count, keep, sequential, chunks, fixed = max(
+        options, key=lambda o: (sum(block_bytes[:o[0]]), not o[2], -o[3], o[1]))
     streamed = tuple(range(count, len(block_bytes)))
     staging = (prefetch + 1) * max((block_bytes[i] for i in streamed), default=0) if streamed else 0
     peak = fixed + sum(block_bytes[:count]) + staging
@@ -138,8 +141,11 @@ def plan_for(model, latent_shape, cfg: bool, device: torch.device, budget: int |
     kv = 2 * config.num_layers * (config.text_len + image_tokens) * config.dim * batch * (2 if cfg else 1)
     kv *= dtype.itemsize
 
+    hints = len(config.vace_layers) * tokens * config.dim * 4  # a VACE model's fp32 hints, held for the blocks
+
     def activations(cfg_batch: int, chunks: int) -> int:
-        return dit_activation_bytes(config.dim, config.ffn_dim, tokens, batch * cfg_batch, dtype, chunks)
+        rows = batch * cfg_batch
+        return dit_activation_bytes(config.dim, config.ffn_dim, tokens, rows, dtype, chunks) + hints * rows
 
     if cfg and not allow_sequential:  # CFG stays one batch of 2 (a step cache decides per branch within it)
         return plan_memory(budget, blocks, other, lambda _, chunks: activations(2, chunks), False, kv_bytes=kv)

@@ -20,6 +20,7 @@ from ..latents import denormalize_latents, normalize_latents
 from ..runtime.context import RenderContext
 from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
+from ..runtime.memory_plan import FFN_CHUNKS
 from .request import SampleRequest, check_number, check_settings
 from .resume import ResumeFile, render_identity
 from .schedules import UNIPC_SIGMA_MAX, Schedule, causvid_schedule, flow_schedule, lightx2v_schedule
@@ -125,12 +126,14 @@ def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps:
                          f"got {tuple(latent_shape)}")
     if config is not None:
         config.check_latent_shape(latent_shape)
-        batch = latent_shape[0] * (2 if negative and cfg != 1.0 else 1)  # CFG runs both halves as one batch
-        needed = dit_activation_bytes(config.dim, config.ffn_dim, config.tokens(latent_shape), batch, compute_dtype)
+        # the least a memory plan can run it with (CFG one branch at a time, the feed-forward in the most chunks);
+        # the plan itself places the weights and says what it needs (runtime.memory_plan)
+        batch = latent_shape[0]
+        needed = dit_activation_bytes(config.dim, config.ffn_dim, config.tokens(latent_shape), batch, compute_dtype,
+                                      FFN_CHUNKS[-1])
         _, _, f, h, w = latent_shape
         check_fits(needed, torch.device(device), f"a {video_frames(f)}-frame {w * VAE_STRIDE[2]}x{h * VAE_STRIDE[1]} "
-                   f"render (batch {batch})", "render fewer frames or a smaller size, use cfg 1 (half the batch), "
-                   "or use a device with more memory")
+                   f"render (batch {batch})", "render fewer frames or a smaller size, or use a device with more memory")
     return schedule
 
 
