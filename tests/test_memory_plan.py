@@ -283,3 +283,19 @@ def test_the_activation_estimate_covers_the_forward_it_plans(name, dtype, size, 
     estimate = dit_activation_bytes(cfg.dim, cfg.ffn_dim, cfg.tokens(shape), batch, torch.bfloat16, chunks)
     print(f"{name} {size} x{batch}, {chunks} chunks: live {live.peak / GIB:.2f} GiB, estimate {estimate / GIB:.2f}")
     assert live.peak <= estimate <= 1.25 * live.peak, (live.peak / GIB, estimate / GIB)
+
+
+def test_a_failed_render_drops_its_device_copies_at_once():
+    """The error's traceback still holds the render context; its placed view and kept keys / values are gone."""
+    model = _model()
+    plan = MemoryPlan((0,), (1,), False, 1, 1, 0, 0)
+
+    class Failing:
+        def __call__(self, blocks, h, *args):
+            raise RuntimeError("a kernel failed")
+
+    render = wan_core.RenderContext(plan=plan, runner=Failing())
+    with pytest.raises(RuntimeError, match="a kernel failed"):
+        wan_core.sample(model, torch.randn(1, 7, T2V.text_dim), None, request=wan_core.SampleRequest(64, 48, 5),
+                        steps=2, cfg=1.0, render=render)
+    assert render.streamer_for(model) is None and not render._reused

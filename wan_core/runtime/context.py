@@ -103,6 +103,12 @@ class RenderContext:
         held = self._views.get(id(model))
         return None if held is None else held[2]
 
+    def release(self) -> None:
+        """Drop this render's device copies (placed and patched views, kept keys / values): after a failure, so
+        that nothing of the render stays on the device while its error is reported."""
+        self._views.clear()
+        self._reused.clear()
+
     def shrink_plan(self) -> bool:
         """After the device ran out of memory: remake the plan once, for 3/4 of the bytes the failed one meant to
         use, and drop this render's placed views (their memory is freed). False when there is nothing to remake

@@ -273,6 +273,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     except BaseException:
         if resume is not None:
             _flush_quietly(resume)  # an interrupted or failed render leaves its last finished step on disk
+        render.release()  # its device copies go now, not when the error's traceback is dropped
         raise
     if resume is not None:
         resume.remove()
