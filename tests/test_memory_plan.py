@@ -299,3 +299,20 @@ def test_a_failed_render_drops_its_device_copies_at_once():
         wan_core.sample(model, torch.randn(1, 7, T2V.text_dim), None, request=wan_core.SampleRequest(64, 48, 5),
                         steps=2, cfg=1.0, render=render)
     assert render.streamer_for(model) is None and not render._reused
+
+
+def test_the_first_streamed_block_copies_while_the_last_resident_one_computes(monkeypatch):
+    from wan_core.models.dit import DiTBlock
+    from wan_core.runtime.streaming import BlockStreamer
+
+    model = _model()
+    x, t, context, _, _ = inputs(T2V, batch=1)
+    events = []
+    start, forward = BlockStreamer.start, DiTBlock.forward
+    monkeypatch.setattr(BlockStreamer, "start", lambda self, i: events.append(("copy", i)) or start(self, i))
+    monkeypatch.setattr(DiTBlock, "forward", lambda self, *a: events.append(("run", self.index)) or forward(self, *a))
+    plan = MemoryPlan((0,), (1,), False, 1, 1, 0, 0)
+    with torch.no_grad():
+        model(x, t, context, render=wan_core.RenderContext(plan=plan, precompute_keys_values=False))
+    # streamed block 1 is the streamer's block 0: its copy starts before resident block 0 computes
+    assert events[:2] == [("copy", 0), ("run", 0)] and events[-1] == ("run", 1)

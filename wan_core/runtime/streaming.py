@@ -59,8 +59,8 @@ class BlockStreamer:
         self.placed += nbytes
         self.peak = max(self.peak, self.placed)
 
-    def _start(self, index: int) -> None:
-        """Begin copying block ``index`` (a no-op copy on a CPU device)."""
+    def start(self, index: int) -> None:
+        """Begin copying block ``index`` (a no-op copy on a CPU device); nothing if it is copying or placed."""
         if index in self._ready or index >= len(self.order):
             return
         host = self.order[index]
@@ -82,9 +82,9 @@ class BlockStreamer:
 
     def acquire(self, index: int) -> nn.Module:
         """Block ``index`` with its weights on the device (waiting for its copy), the next ones started."""
-        self._start(index)
+        self.start(index)
         for ahead in range(index + 1, index + 1 + self.prefetch):
-            self._start(ahead)
+            self.start(ahead)
         block, event, _ = self._ready[index]
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
@@ -132,6 +132,36 @@ class StreamedBlock(nn.Module):
             return lambda *args, **kwargs: self._run(name, *args, **kwargs)
 
 
+class StartsNextCopy(nn.Module):
+    """Stands in for the last resident block before the streamed ones: starts copying the first streamed block
+    (so that copy overlaps this block's computation), then runs the block itself."""
+
+    def __init__(self, block: nn.Module, streamer: BlockStreamer):
+        super().__init__()
+        self.block = block
+        self.__dict__["streamer"] = streamer  # not a child module
+
+    def forward(self, *args, **kwargs):
+        self.streamer.start(0)
+        return self.block(*args, **kwargs)
+
+    def compiled(self, compile_fn):
+        inner = self.block.compiled(compile_fn) if hasattr(self.block, "compiled") else compile_fn(self.block)
+
+        def run(*args, **kwargs):
+            self.streamer.start(0)
+            return inner(*args, **kwargs)
+
+        return run
+
+    def __getattr__(self, name: str):
+        """The block's other methods and attributes (a DiT block's ``keys_values``, ``index``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["block"], name)
+
+
 def placed_view(model: nn.Module, device: torch.device, streamed: Iterable[int], prefetch: int = 1,
                 blocks: str = "blocks", on_host: Iterable[str] = ()) -> tuple[nn.Module, BlockStreamer]:
     """A per-render copy of ``model`` on ``device`` whose blocks ``streamed`` (of the ModuleList at the dotted
@@ -150,8 +180,12 @@ def placed_view(model: nn.Module, device: torch.device, streamed: Iterable[int],
         resident_bytes += t.numel() * t.element_size()
         return t.to(device)
 
-    kept = {blocks: nn.ModuleList(StreamedBlock(position[i], streamer) if i in position
-                                  else _copy_tree(stack[i], to_device) for i in range(len(stack)))}
+    placed = [StreamedBlock(position[i], streamer) if i in position else _copy_tree(stack[i], to_device)
+              for i in range(len(stack))]
+    before = min(position, default=0) - 1  # the resident block that runs while the first streamed one copies
+    if before >= 0 and before not in position:
+        placed[before] = StartsNextCopy(placed[before], streamer)
+    kept = {blocks: nn.ModuleList(placed)}
     kept.update({path: model.get_submodule(path) for path in on_host})
     view = _copy_tree(model, to_device, kept)  # every other tensor to the device (a no-op move on the CPU)
     streamer.add_resident(resident_bytes)
