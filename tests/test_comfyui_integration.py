@@ -131,6 +131,15 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         assert "WanCore: WanDiT unloaded from cpu by ComfyUI's model manager" in log.read_text(), \
             log.read_text()[-3000:]
 
+        # a budget that streams the demo DiT's blocks renders the same video (another seed: not a cached result)
+        streamed = _demo_overrides()
+        streamed["WanCoreSampler"] = {**streamed["WanCoreSampler"], "vram_budget_gb": 0.01, "seed": 7}
+        history = _render(url, ui, streamed, log)
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        assert "blocks resident" in log.read_text() and "streamed (1 ahead)" in log.read_text()
+        videos = sorted((base / "output").rglob("*.mp4"))
+        assert len(videos) == 2
+
         # a bad value reaches the user as our message, raised before any work, and writes nothing
         bad = _demo_overrides()
         bad["WanCoreSampler"] = {**bad["WanCoreSampler"], "frames": 14}
