@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..wan_core import NEGATIVE_PROMPT, encode_prompts, plan_text_encoder
+from ..wan_core import NEGATIVE_PROMPT, UNLIMITED, encode_prompts, plan_text_encoder
 from . import host
 
 
@@ -27,7 +27,8 @@ class WanCoreTextEncode:
 
     def encode(self, text_encoder, positive, negative):
         device = host.compute_device()
-        plan = plan_text_encoder(text_encoder.model, device, host.vram_budget(text_encoder.model, device, 0))
+        whole = plan_text_encoder(text_encoder.model, device, UNLIMITED).peak  # what ComfyUI is asked to make room for
+        plan = plan_text_encoder(text_encoder.model, device, host.vram_budget(text_encoder.model, device, 0, whole))
         host.report(f"text encoder {plan.describe()}")
         if plan.streamed:  # the layers that do not fit are copied in one by one; the encoder itself stays put
             with host.cancellable() as interrupt, host.placed_per_render(device):
