@@ -27,8 +27,10 @@ class WanCoreTextEncode:
 
     def encode(self, text_encoder, positive, negative):
         device = host.compute_device()
-        whole = plan_text_encoder(text_encoder.model, device, UNLIMITED).peak  # what ComfyUI is asked to make room for
-        plan = plan_text_encoder(text_encoder.model, device, host.vram_budget(text_encoder.model, device, 0, whole))
+        sizes = (2, text_encoder.tokens_used([positive, negative or NEGATIVE_PROMPT]))  # prompts, tokens
+        whole = plan_text_encoder(text_encoder.model, device, UNLIMITED, *sizes).peak  # what ComfyUI makes room for
+        budget = host.vram_budget(text_encoder.model, device, 0, whole)
+        plan = plan_text_encoder(text_encoder.model, device, budget, *sizes)
         host.report(f"text encoder {plan.describe()}")
         if plan.streamed:  # the layers that do not fit are copied in one by one; the encoder itself stays put
             with host.cancellable() as interrupt, host.placed_per_render(device):

@@ -159,6 +159,29 @@ def run(argv: list[str] | None = None) -> Path:
     return _decode_and_write(args, plan, manifest, raw)
 
 
+class PlacedTextEncoder:
+    """A text encoder held in host memory that encodes on ``device`` by its memory plan: whole (moved there and
+    back) when it fits ``budget`` (bytes; None: the device's free memory less a reserve), else layer by layer."""
+
+    def __init__(self, encoder, device, budget: int | None):
+        self.encoder, self.device, self.budget = encoder, device, budget
+        self.model = encoder.model
+
+    def encode(self, texts, runner=None, interrupt=None, plan=None, device=None):
+        from . import plan_text_encoder
+
+        plan = plan_text_encoder(self.encoder.model, self.device, self.budget, len(texts),
+                                 self.encoder.tokens_used(texts))
+        log.info("text encoder %s", plan.describe())
+        if plan.streamed:
+            return self.encoder.encode(texts, runner, interrupt, plan, self.device)
+        self.encoder.to(self.device)
+        try:
+            return self.encoder.encode(texts, runner, interrupt)
+        finally:
+            self.encoder.to("cpu")
+
+
 def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     """Load the models and sample; the solver's state is kept beside ``--out`` after every step."""
     import torch
@@ -170,6 +193,7 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         ResumeFile,
         apply_loras,
         cfg_branches,
+        default_compute_dtype,
         image_to_latent,
         load_clip_vision,
         load_dit,
@@ -180,18 +204,21 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
         vace_to_latent,
     )
 
-    weights = dict(storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype, device=plan.device)
+    # the DiT and the text encoder stay in host memory (memory-mapped) and are placed by their memory plans;
+    # they compute in the render device's dtype (bf16 on CUDA unless told)
+    weights = dict(storage_dtype=args.storage_dtype, device="cpu",
+                   compute_dtype=args.compute_dtype or default_compute_dtype("dit", plan.device))
     compute = dict(compute_dtype=args.compute_dtype, device=plan.device)  # VAE and CLIP store what they compute in
-    text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
-    dit = load_dit(plan.paths["diffusion_models"], **{**weights, "device": "cpu"})  # placed by the memory plan
+    budget = int(args.vram_budget * 2**30) if args.vram_budget > 0 else None
+    text_encoder = PlacedTextEncoder(load_text_encoder(plan.paths["text_encoders"], **weights), plan.device, budget)
+    dit = load_dit(plan.paths["diffusion_models"], **weights)
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
     images = plan.vace.get("references", ()) if args.task == "vace" else ()
     shape = (1, 16, (plan.size["frames"] - 1) // 4 + 1 + len(images), plan.size["height"] // 8,
              plan.size["width"] // 8)
     guided = cfg_branches(args.negative, args.cfg) == 2
-    memory = plan_for(dit, shape, guided, plan.device, int(args.vram_budget * 2**30) if args.vram_budget > 0 else None,
-                      allow_sequential=plan.cache is None)
+    memory = plan_for(dit, shape, guided, plan.device, budget, allow_sequential=plan.cache is None)
 
     def replan(budget: int):  # after running out of device memory: the DiT leaves it, the new plan places it
         dit.to("cpu")

@@ -181,6 +181,10 @@ class TextEncoder:
         self.model.to(device)
         return self
 
+    def tokens_used(self, texts: list[str]) -> int:
+        """Tokens of the longest of ``texts`` (its end token included): what :meth:`encode` computes over."""
+        return int(self.tokenizer(texts)[1].sum(1).max())
+
     @torch.no_grad()
     def encode(self, texts: list[str], runner: BlockRunner | None = None,
                interrupt: Callable[[], bool] | None = None, plan: MemoryPlan | None = None,

@@ -160,17 +160,19 @@ def text_encoder_activation_bytes(config, prompts: int = 2, tokens: int = 512) -
     return prompts * tokens * per_token + 4 * prompts * config.num_heads * tokens * tokens * 4
 
 
-def plan_text_encoder(model, device: torch.device, budget: int | None = None, prompts: int = 2) -> MemoryPlan:
-    """Where a UMT5 encoder (``model``: ``shared``, ``encoder.block``) runs for ``prompts`` prompts: whole on the
-    device when it fits ``budget`` (bytes; None: free memory less :data:`RESERVE_BYTES` on CUDA), else its
-    leading layers resident and the rest streamed, the token table (a lookup) left in host memory."""
+def plan_text_encoder(model, device: torch.device, budget: int | None = None, prompts: int = 2,
+                      tokens: int = 512) -> MemoryPlan:
+    """Where a UMT5 encoder (``model``: ``shared``, ``encoder.block``) runs for ``prompts`` prompts of up to
+    ``tokens`` tokens: whole on the device when it fits ``budget`` (bytes; None: free memory less
+    :data:`RESERVE_BYTES` on CUDA), else its leading layers resident and the rest streamed, the token table (a
+    lookup) left in host memory."""
     device = torch.device(device)
     if budget is None:
         budget = max(0, available_bytes(device) - RESERVE_BYTES) if device.type == "cuda" else UNLIMITED
     blocks = [module_bytes(b) for b in model.encoder.block]
     table = module_bytes(model.shared)
     other = module_bytes(model) - sum(blocks) - table
-    activations = text_encoder_activation_bytes(model.config, prompts)
+    activations = text_encoder_activation_bytes(model.config, prompts, tokens)
     whole = module_bytes(model) + activations
     if whole <= budget:
         return MemoryPlan(tuple(range(len(blocks))), (), False, 1, 0, budget, whole)
