@@ -63,15 +63,25 @@ def _model(config=T2V):
     return model.eval().requires_grad_(False)
 
 
-@pytest.mark.parametrize("streamed", [(0, 1), (1,)])
-def test_streamed_forward_is_the_resident_forward_bit_for_bit(streamed):
-    model = _model()
-    x, t, context, _, _ = inputs(T2V, batch=2)
-    plan = MemoryPlan(tuple(i for i in range(T2V.num_layers) if i not in streamed), streamed, False, 1, 1, 0, 0)
+I2V_TINY = replace(T2V, model_type="i2v", in_dim=36, clip_dim=64)
+VACE_TINY = replace(T2V, model_type="vace", num_layers=4, vace_layers=(0, 2))
+
+
+@pytest.mark.parametrize("config, streamed", [(T2V, (0, 1)), (T2V, (1,)), (I2V_TINY, (0, 1)),
+                                              (VACE_TINY, (1, 2, 3))], ids=["t2v-all", "t2v-half", "i2v", "vace"])
+def test_streamed_forward_is_the_resident_forward_bit_for_bit(config, streamed):
+    """Also for the image branch (i2v) and with VACE hints added to streamed blocks."""
+    model = _model(config)
+    x, t, context, clip_fea, y = inputs(config, batch=2)
+    kwargs = {"clip_fea": clip_fea, "y": y} if config.has_image_branch else {}
+    if config.vace_layers:
+        gen = torch.Generator().manual_seed(5)
+        kwargs["vace_context"] = torch.randn(2, config.vace_in_dim, *x.shape[2:], generator=gen)
+    plan = MemoryPlan(tuple(i for i in range(config.num_layers) if i not in streamed), streamed, False, 1, 1, 0, 0)
     render = wan_core.RenderContext(plan=plan)
     with torch.no_grad():
-        got = model(x, t, context, render=render)
-        want = model(x, t, context)
+        got = model(x, t, context, render=render, **kwargs)
+        want = model(x, t, context, **kwargs)
     assert torch.equal(got, want)
     streamer = render.streamer_for(model)
     assert streamer.placed == module_bytes(model) - sum(module_bytes(model.blocks[i]) for i in streamed)
