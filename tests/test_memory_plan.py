@@ -326,3 +326,20 @@ def test_the_first_streamed_block_copies_while_the_last_resident_one_computes(mo
         model(x, t, context, render=wan_core.RenderContext(plan=plan, precompute_keys_values=False))
     # streamed block 1 is the streamer's block 0: its copy starts before resident block 0 computes
     assert events[:2] == [("copy", 0), ("run", 0)] and events[-1] == ("run", 1)
+
+
+@pytest.mark.parametrize("kind", ["first_block", "mag", "tea"])
+def test_step_caches_over_streamed_blocks_render_the_same(kind):
+    """A cache decides from what the blocks compute; streaming changes where their weights are, not a bit."""
+    deep = replace(T2V, num_layers=4)
+    model = _model(deep)
+    context, negative = torch.randn(1, 7, deep.text_dim), torch.randn(1, 5, deep.text_dim)
+    settings = dict(request=wan_core.SampleRequest(80, 64, 5), steps=6, cfg=5.0, seed=6)
+    cache = wan_core.StepCacheSettings(kind, {"first_block": 2.0, "mag": 0.5, "tea": 0.3}[kind], 0.2, 2)
+    plans = [None, MemoryPlan((0,), (1, 2, 3), False, 1, 1, 0, 0)]
+    runners = [cache.runner(6, 2, "t2v", deep.dim, 80 * 64) for _ in plans]
+    renders = [wan_core.sample(model, context, negative, **settings,
+                               render=wan_core.RenderContext(plan=plan, runner=runner))
+               for plan, runner in zip(plans, runners)]
+    assert torch.equal(renders[0], renders[1]) and runners[0].decisions == runners[1].decisions
+    assert any(not all(d) for d in runners[1].decisions)  # some branch of some step was reused, not computed
