@@ -130,6 +130,13 @@ def free_memory(device: torch.device) -> int:
     return available_bytes(device)
 
 
+def make_room(device: torch.device, nbytes: int) -> None:
+    """Inside ComfyUI: ask its model manager to unload models (ours included) until ``nbytes`` are free on
+    ``device``; standalone nothing (there is no one to ask)."""
+    if IN_COMFYUI and torch.device(device).type != "cpu":
+        _mm.free_memory(nbytes + _mm.extra_reserved_memory(), device)
+
+
 def release_memory() -> None:
     if IN_COMFYUI:
         _mm.soft_empty_cache()

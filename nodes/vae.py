@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..wan_core import (
     VAE_STRIDE,
     InputError,
+    decode_bytes,
     decode_tiled,
     decode_with_fallback,
     encode_tiled,
@@ -27,6 +28,8 @@ def _tile(vae, tiling: str, latent_h: int, latent_w: int) -> int | None:
         return None
     if tiling == "auto":
         device = host.compute_device()
+        # inside ComfyUI, models it holds (a diffusion model done sampling) are unloaded as far as one piece needs
+        host.make_room(device, int(decode_bytes(vae, latent_h, latent_w, vae.compute_dtype) / 0.8))
         return tile_for_budget(vae, int(host.free_memory(device) * 0.8), latent_h, latent_w, vae.compute_dtype,
                                OVERLAP)
     if tiling not in TILINGS:

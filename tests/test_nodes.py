@@ -235,3 +235,21 @@ def test_text_encoder_is_moved_off_the_compute_device(env, monkeypatch):
     embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "")[0]
     assert moves == [torch.device("cuda", 0), host.offload_device()]
     assert embeds.positive.shape[0] == 1 and embeds.positive.device.type == "cpu"
+
+
+def test_auto_tiled_decode_first_asks_the_host_to_make_room(env, monkeypatch):
+    """Inside ComfyUI that unloads what it holds (our diffusion model, done sampling) as far as the untiled
+    decode needs, before the free memory picks the tiles."""
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    pack = load_pack()
+    host = pack.nodes.host
+    vae = nodes["WanCoreVAELoader"]().load(DEMO_FILES["vae"], "default")[0]
+    asked = []
+    monkeypatch.setattr(host, "make_room", lambda device, nbytes: asked.append((device, nbytes)))
+    latent = {"samples": torch.randn(1, 16, 2, 6, 8)}
+    images = nodes["WanCoreVAEDecode"]().decode(vae, latent, "auto")[0]
+    need = int(pack.wan_core.decode_bytes(vae, 6, 8, vae.compute_dtype) / 0.8)
+    assert asked == [(host.compute_device(), need)] and images.shape == (5, 48, 64, 3)
+    asked.clear()
+    nodes["WanCoreVAEDecode"]().decode(vae, latent, "off")
+    assert asked == []  # an explicit choice asks for nothing

@@ -41,7 +41,7 @@ from .models.config import PRESETS, DiTConfig, detect
 from .models.dit import WanDiT
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
-from .models.vae_tiling import decode_tiled, decode_with_fallback, encode_tiled, tile_for_budget
+from .models.vae_tiling import decode_bytes, decode_tiled, decode_with_fallback, encode_tiled, tile_for_budget
 from .pipeline import (
     check_task,
     image_to_latent,
@@ -116,7 +116,8 @@ __all__ = [
     # networks and loaders
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "LoraFile", "read_lora", "apply_loras",
     "check_lora_fits", "lora_patches", "ClipVision", "PRESETS", "DiTConfig", "detect",
-    "WanDiT", "TextEncoder", "WanVAE", "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",
+    "WanDiT", "TextEncoder", "WanVAE", "decode_bytes",
+    "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",
     # runtime
     "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "MagCache", "TeaCache", "StepCacheSettings",
     "BlockRunner",
