@@ -182,9 +182,12 @@ def report(line: str) -> None:
 
 
 @contextmanager
-def placed_per_render(device: torch.device):
-    """The render places what it needs itself (a streaming plan's view); afterwards cached memory is freed,
-    also when the render fails or is interrupted."""
+def placed_per_render(device: torch.device, model=None):
+    """The render places what it needs itself (a streaming plan's view of ``model``, whose weights are taken off
+    the device first if an earlier render left them there); afterwards cached memory is freed, also when the
+    render fails or is interrupted."""
+    if model is not None:
+        unload(model)
     try:
         yield device
     finally:

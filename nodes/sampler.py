@@ -113,7 +113,7 @@ class WanCoreSampler:
         plan = plan_for(model, shape, guided, device, budget, allow_sequential=cache is None)
         host.report(plan.describe())
         progress = host.Progress(steps)
-        placing = (host.placed_per_render(device) if plan.streamed
+        placing = (host.placed_per_render(device, model) if plan.streamed
                    else host.model_on_device(model, plan.peak - module_bytes(model)))
         with host.cancellable() as interrupt, placing as device:
             raw = sample(model, embeds.positive, embeds.negative, request=request, latent=start, **settings,

@@ -253,3 +253,18 @@ def test_auto_tiled_decode_first_asks_the_host_to_make_room(env, monkeypatch):
     asked.clear()
     nodes["WanCoreVAEDecode"]().decode(vae, latent, "off")
     assert asked == []  # an explicit choice asks for nothing
+
+
+def test_a_streamed_render_first_takes_the_model_off_the_device(env, monkeypatch):
+    """An earlier resident render may have left the weights on the GPU (held between queue runs); a streaming
+    plan must copy blocks from host memory, so the sampler unloads the model before the view is built."""
+    nodes, model, _, embeds = _t2v_graph(env)
+    host = load_pack().nodes.host
+    unloaded = []
+    monkeypatch.setattr(host, "unload", lambda m: unloaded.append(m))
+    settings = dict(width=64, height=48, frames=5, seed=1, steps=2, cfg=5.0, shift=5.0, sampler="euler", denoise=1.0,
+                    resume="off")
+    nodes["WanCoreSampler"]().run(model, embeds, **settings)
+    assert unloaded == []  # everything fits: the model is placed whole, nothing to take off
+    nodes["WanCoreSampler"]().run(model, embeds, **settings, vram_budget_gb=0.01)
+    assert unloaded == [model]

@@ -42,6 +42,7 @@ class RenderContext:
     replan: Callable[[int], MemoryPlan] | None = None  # budget (bytes) -> plan: remakes it after running out of memory
     _views: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(model) -> patched view
     _reused: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # key -> (sources, value)
+    _shrunk: bool = field(default=False, init=False, repr=False, compare=False)  # the plan was remade (OOM)
 
     def __post_init__(self) -> None:
         get_attention(self.attention)  # unknown or unusable backends fail when the context is made
@@ -114,17 +115,15 @@ class RenderContext:
         use, and drop this render's placed views (their memory is freed). False when there is nothing to remake
         (no plan or no ``replan``) or it was remade already. A budget too small for any plan raises
         :class:`InputError` with the minimum."""
-        if self.plan is None or self.replan is None or self._reused.get(_SHRUNK):
+        if self.plan is None or self.replan is None or self._shrunk:
             return False
         smaller = self.replan(int(min(self.plan.peak, self.plan.budget) * 3 // 4))
         log.warning("out of device memory with %s; retrying the step with %s", self.plan.describe(),
                     smaller.describe())
-        self._reused[_SHRUNK] = True
-        object.__setattr__(self, "plan", smaller)  # per-render state: the plan this render runs from now on
+        object.__setattr__(self, "_shrunk", True)  # per-render state: once per render,
+        object.__setattr__(self, "plan", smaller)  # and the plan this render runs from now on
         self._views.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return True
 
-
-_SHRUNK = "memory plan remade"

@@ -4,9 +4,11 @@
 in which every tensor is on the compute device except those of the streamed blocks, which stay where the
 model keeps them (host memory; memory-mapped until first read) and are replaced by :class:`StreamedBlock`
 wrappers. When a wrapper runs it takes its block's weights from the :class:`BlockStreamer` (copied ahead
-on a side CUDA stream through a ring of pinned staging buffers, ``prefetch`` blocks ahead, with events so
-the computation waits only for copies it could not overlap), runs, and gives them back. On a CPU device
-the same code path runs without copies. Any runner (resident, step caches) runs the wrappers unchanged.
+on a side CUDA stream, ``prefetch`` blocks ahead, each tensor staged through pinned memory from torch's
+caching host allocator, so pinned memory is bounded by the blocks in flight; events make the computation
+wait only for copies it could not overlap), runs, and gives them back. The first streamed block starts
+copying while the last resident one computes. On a CPU device the same code path runs without copies.
+Any runner (resident, step caches) runs the wrappers unchanged.
 
 The streamer counts the bytes it has placed on the device (resident + in flight) and their peak.
 """
@@ -50,7 +52,6 @@ class BlockStreamer:
         self._stream = torch.cuda.Stream(self.device) if self.cuda else None
         self._ready: dict[int, tuple[nn.Module, object, int]] = {}  # index -> (device block, event, bytes)
         self.placed = self.peak = 0
-        self.copied_bytes = 0
 
     def add_resident(self, nbytes: int) -> None:
         self._count(nbytes)
@@ -71,13 +72,13 @@ class BlockStreamer:
             return
         with torch.cuda.stream(self._stream):
             def to_device(t: torch.Tensor) -> torch.Tensor:
-                staged = t if t.is_pinned() else t.pin_memory()  # one block at a time, never a full copy
+                host_side = t.device.type == "cpu" and not t.is_pinned()
+                staged = t.pin_memory() if host_side else t  # one block at a time, never a full copy
                 return staged.to(self.device, non_blocking=True)
 
             block = _copy_tree(host, to_device)
             event = torch.cuda.Event()
             event.record(self._stream)
-        self.copied_bytes += nbytes
         self._ready[index] = (block, event, nbytes)
 
     def acquire(self, index: int) -> nn.Module:
