@@ -130,11 +130,11 @@ def free_memory(device: torch.device) -> int:
     return available_bytes(device)
 
 
-def make_room(device: torch.device, nbytes: int) -> None:
-    """Inside ComfyUI: ask its model manager to unload models (ours included) until ``nbytes`` are free on
-    ``device``; standalone nothing (there is no one to ask)."""
+def make_room(device: torch.device, nbytes: int, keep: list | None = None) -> None:
+    """Inside ComfyUI: ask its model manager to unload models (ours included, except those in ``keep``) until
+    ``nbytes`` and its reserve are free on ``device``; standalone nothing (there is no one to ask)."""
     if IN_COMFYUI and torch.device(device).type != "cpu":
-        _mm.free_memory(nbytes + _mm.extra_reserved_memory(), device)
+        _mm.free_memory(nbytes + _mm.extra_reserved_memory(), device, keep_loaded=keep or [])
 
 
 def release_memory() -> None:
@@ -171,8 +171,7 @@ def vram_budget(model, device: torch.device, requested_gb: float, need: int = 0)
         return None
     held = _held.get(_weights_key(model))
     ours = held.loaded if held is not None and held.load_device == device else 0
-    keep = [_mm.LoadedModel(held)] if ours else []
-    _mm.free_memory(max(0, need - ours) + _mm.extra_reserved_memory(), device, keep_loaded=keep)
+    make_room(device, max(0, need - ours), [_mm.LoadedModel(held)] if ours else [])
     return max(0, int(_mm.get_free_memory(device)) + ours - int(_mm.extra_reserved_memory()))
 
 
