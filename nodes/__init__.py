@@ -3,9 +3,10 @@
 Reached only relatively from the pack root, never as a top-level ``nodes`` (ComfyUI has one).
 """
 
+from .cache import WanCoreCache
 from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
 from .loaders import WanCoreLoraLoader, WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
-from .sampler import WanCoreCache, WanCoreSampler
+from .sampler import WanCoreSampler
 from .text import WanCoreTextEncode
 from .vace import WanCoreVACEConditioning, WanCoreVACEExtend, WanCoreVACEOutpaint
 from .vae import WanCoreVAEDecode, WanCoreVAEEncode

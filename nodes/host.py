@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..wan_core import RenderInterrupted, available_bytes, module_bytes
+from ..wan_core import RenderInterrupted, available_bytes, latent_preview, module_bytes
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm
@@ -340,3 +340,49 @@ class Progress:
 
             image = ("JPEG", Image.fromarray(preview.numpy()), args.preview_size)
         self._bar.update_absolute(step, self.total, image)
+
+
+class NodeHost:
+    """The engine's host protocol (``wan_core.Host``) over this module's services: ComfyUI's device, model
+    manager, progress bar with previews and interrupt inside ComfyUI; the standalone fallbacks otherwise."""
+
+    def compute_device(self) -> torch.device:
+        return compute_device()
+
+    def budget(self, model, need: int, requested_gb: float = 0.0) -> int | None:
+        return vram_budget(model, compute_device(), requested_gb, need=need)
+
+    def make_room(self, nbytes: int) -> None:
+        make_room(compute_device(), nbytes)
+
+    def free_memory(self) -> int:
+        return free_memory(compute_device())
+
+    def on_device(self, *models):
+        return on_compute_device(*models)
+
+    def hold(self, model, extra_bytes: int = 0):
+        return model_on_device(model, extra_bytes)
+
+    def streaming(self, model):
+        return placed_per_render(compute_device(), model)
+
+    def release(self, model) -> None:
+        unload(model)
+
+    def progress(self, total: int):
+        bar = Progress(total)
+        return lambda step, x0: bar.update(step, latent_preview(x0))
+
+    def cancellable(self):
+        return cancellable()
+
+    def resume_path(self, slot: str | None) -> Path:
+        return resume_path(slot)
+
+    def report(self, line: str) -> None:
+        report(line)
+
+
+HOST = NodeHost()
+"""The host every node renders on."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..wan_core import NEGATIVE_PROMPT, UNLIMITED, encode_prompts, plan_text_encoder
+from ..wan_core import NEGATIVE_PROMPT, encode_text
 from . import host
 
 
@@ -26,17 +26,4 @@ class WanCoreTextEncode:
         }}
 
     def encode(self, text_encoder, positive, negative):
-        device = host.compute_device()
-        sizes = (2, text_encoder.tokens_used([positive, negative or NEGATIVE_PROMPT]))  # prompts, tokens
-        whole = plan_text_encoder(text_encoder.model, device, UNLIMITED, *sizes).peak  # what ComfyUI makes room for
-        budget = host.vram_budget(text_encoder.model, device, 0, whole)
-        plan = plan_text_encoder(text_encoder.model, device, budget, *sizes)
-        host.report(f"text encoder {plan.describe()}")
-        if plan.streamed:  # the layers that do not fit are copied in one by one; the encoder itself stays put
-            with host.cancellable() as interrupt, host.placed_per_render(device):
-                embeds = encode_prompts(text_encoder, positive, negative, interrupt=interrupt, plan=plan,
-                                        device=device)
-            return (embeds,)
-        with host.cancellable() as interrupt, host.on_compute_device(text_encoder):
-            embeds = encode_prompts(text_encoder, positive, negative, interrupt=interrupt)
-        return (embeds,)
+        return (encode_text(text_encoder, positive, negative, host.HOST),)

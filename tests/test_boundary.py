@@ -98,6 +98,9 @@ LAYERS = {
     "i2v": {"conditioning", "models", "sampling", "runtime", "latents"},
     "lora": {"loading", "models", "runtime"},
     "vace": {"i2v", "conditioning", "models", "sampling", "runtime", "latents"},
+    "host": {"runtime"},
+    "stages": {"host", "conditioning", "models", "runtime", "sampling", "latents"},
+    "job": {"host", "conditioning", "vace", "i2v", "models", "runtime", "sampling", "latents"},
 }
 
 

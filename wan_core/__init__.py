@@ -9,6 +9,8 @@ Everything the nodes, the command line and scripts use is exported here:
 * sampling (``sampling/``): :func:`sample`, :data:`SAMPLERS`;
 * conditioning and whole tasks: :func:`encode_prompts`, :func:`image_conditioning`,
   :func:`text_to_video`, :func:`image_to_video`;
+* the one render path every front end takes: :class:`RenderSettings` -> :class:`RenderJob` on a
+  :class:`Host` (:class:`StandaloneHost` here; ComfyUI's in ``nodes/host.py``), and the text / VAE stages;
 * video files (``video/``): :func:`write_video`, :func:`read_video`, frame layout helpers.
 """
 
@@ -25,7 +27,9 @@ from .constants import (
     video_frames,
 )
 from .errors import CheckpointError, InputError, RenderError, RenderInterrupted, WanCoreError
+from .host import Host, StandaloneHost, device_of
 from .i2v import image_conditioning, size_for_area
+from .job import RenderJob
 from .latents import denormalize_latents, latent_preview, normalize_latents
 from .loading.clip_vision import load_clip_vision
 from .loading.dit import load_dit
@@ -82,7 +86,9 @@ from .runtime.memory import available_bytes
 from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, sample
 from .sampling.request import SampleRequest, check_seed
 from .sampling.resume import ResumeFile
-from .vace import VaceEmbeds, extension_source, outpaint_source, vace_conditioning
+from .sampling.settings import RenderSettings, setting_help
+from .stages import TILINGS, decode_latent, encode_text, encode_video, vae_tile
+from .vace import VaceEmbeds, extension_source, outpaint_source, vace_conditioning, vace_request
 from .video import (
     METADATA_KEYS,
     Clip,
@@ -103,7 +109,10 @@ __all__ = [
     # conditioning and tasks
     "ImageEmbeds", "TextEmbeds", "encode_prompts", "image_conditioning", "size_for_area", "image_to_video",
     "text_to_video", "image_to_latent", "text_to_latent", "check_task", "vace_to_latent", "vace_to_video",
-    "VaceEmbeds", "vace_conditioning", "extension_source", "outpaint_source",
+    "VaceEmbeds", "vace_conditioning", "vace_request", "extension_source", "outpaint_source",
+    # one render path: settings, job, host, the stages around the sampler
+    "RenderSettings", "setting_help", "RenderJob", "Host", "StandaloneHost", "device_of", "encode_text",
+    "decode_latent", "encode_video", "vae_tile", "TILINGS",
     # constants and checks
     "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "PIXEL_MULTIPLE", "VAE_STRIDE", "check_frame_count",
     "check_pixel_size", "latent_frames", "video_frames",

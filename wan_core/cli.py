@@ -19,6 +19,8 @@ from .manifest import MANIFEST_KEY, dumps
 from .runtime.attention import attention_backends
 from .runtime.cache_settings import CACHE_KINDS
 from .runtime.placement import DTYPES
+from .sampling.loop import SAMPLERS
+from .sampling.settings import setting_help as tip
 
 log = logging.getLogger("wan_core.cli")
 
@@ -90,36 +92,28 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--width", type=int, help=f"pixels, a multiple of 16 {size}")
     t2v.add_argument("--height", type=int, help="pixels, a multiple of 16")
     t2v.add_argument("--frames", type=int, help="4n+1 frames (81 = 5 s at 16 fps)")
-    t2v.add_argument("--steps", type=int, help="denoising steps (default: 50 t2v, 40 i2v / flf2v, 8 with --demo)")
-    t2v.add_argument("--cfg", type=float, default=5.0,
-                     help="prompt strength; 1.0 skips the negative pass (default: 5.0)")
-    t2v.add_argument("--shift", type=float, default=5.0 if task == "t2v" else 3.0 if task == "i2v" else 16.0,
-                     help="schedule shift (default, as the official: 5.0 t2v, 3.0 480p i2v, 16 flf2v; use 5.0 "
-                          "for 720p i2v)")
-    t2v.add_argument("--sampler", default="unipc", choices=["unipc", "dpm++", "euler", "lightx2v_4step", "causvid"],
-                     help="lightx2v_4step / causvid: the fixed schedules of the step-distill LoRAs (4 steps, --cfg 1; "
-                          "causvid ignores --shift) (default: unipc)")
-    t2v.add_argument("--seed", type=int, default=0,
-                     help="0 .. 2^64-1; the same seed renders the same on any device (default: 0)")
+    t2v.add_argument("--steps", type=int, help=f"{tip('steps')} (default: 50 t2v, 40 i2v / flf2v, 8 with --demo)")
+    t2v.add_argument("--cfg", type=float, default=5.0, help=f"{tip('cfg')} (default: 5.0)")
+    shift = 5.0 if task == "t2v" else 3.0 if task == "i2v" else 16.0
+    t2v.add_argument("--shift", type=float, default=shift, help=f"{tip('shift')} Use 5.0 for 720p i2v. "
+                     f"(default: {shift})")
+    t2v.add_argument("--sampler", default="unipc", choices=list(SAMPLERS), help=f"{tip('sampler')} (default: unipc)")
+    t2v.add_argument("--seed", type=int, default=0, help=f"{tip('seed')} (default: 0)")
     t2v.add_argument("--fps", type=float, default=16.0,
                      help="frames per second of the file, gif at most 50 (default: 16)")
     t2v.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     t2v.add_argument("--storage-dtype", default="default", choices=list(DTYPES),
                      help="how the DiT and text encoder weights are held (default: as in the file)")
     t2v.add_argument("--resume", default="auto", choices=["auto", "off"],
-                     help="auto: save the sampler's state after every step beside --out and continue from it when "
-                          "the same render is started again (default: auto)")
+                     help=f"{tip('resume')} The state is kept beside --out. (default: auto)")
     t2v.add_argument("--stop-after", type=int, default=0,
-                     help="stop after this many steps, write a preview (<out>.step-N) and keep the state to "
-                          "continue later (default: 0, run to the end)")
-    t2v.add_argument("--attention", default="sdpa", choices=attention_backends(),
-                     help="attention kernel: sdpa, flash / sage (CUDA, fp16 / bf16), auto; one that cannot run here "
-                          "falls back to sdpa with a log line (default: sdpa)")
-    t2v.add_argument("--compile", action="store_true",
-                     help="compile the transformer blocks with torch.compile (the first render pays a compile)")
+                     help=f"{tip('stop_after')} The preview is written as <out>.step-N. (default: 0)")
+    t2v.add_argument("--attention", default="sdpa", choices=attention_backends(), help=f"{tip('attention')} "
+                     "(default: sdpa)")
+    t2v.add_argument("--compile", action="store_true", help=tip("compile"))
     t2v.add_argument("--cache", default="off", choices=["off", *CACHE_KINDS],
-                     help="a step cache: reuse the model's last contribution at steps where it barely changes; "
-                          "mag (MagCache) and tea (TeaCache) use the published Wan2.1 tables (default: off)")
+                     help=f"{tip('cache')} mag (MagCache) and tea (TeaCache) use the published Wan2.1 tables. "
+                          "(default: off)")
     t2v.add_argument("--cache-threshold", type=float,
                      help="higher reuses more steps; 0 never (default: the kind's published one: mag 0.12, tea "
                           "0.05 t2v 1.3B / 0.10 t2v 14B / 0.20 i2v, first_block 0.05)")
@@ -129,8 +123,7 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--cache-max-skips", type=int,
                      help="reused steps in a row at most (default: mag 2, tea no limit, first_block 3)")
     t2v.add_argument("--vram-budget", type=float, default=0.0, metavar="GB",
-                     help="device memory the render may use, in GiB (0: automatic, the free memory less 1 GiB on "
-                          "CUDA); blocks that do not fit stream from system memory (default: 0)")
+                     help=f"{tip('vram_budget')} The reserve is 1 GiB. (default: 0)")
     t2v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                      help="a LoRA for the diffusion model, from loras/ or a path, strength 1 unless given "
                           "(repeatable: the LoRAs add up)")
@@ -159,47 +152,17 @@ def run(argv: list[str] | None = None) -> Path:
     return _decode_and_write(args, plan, manifest, raw)
 
 
-class PlacedTextEncoder:
-    """A text encoder held in host memory that encodes on ``device`` by its memory plan: whole (moved there and
-    back) when it fits ``budget`` (bytes; None: the device's free memory less a reserve), else layer by layer."""
-
-    def __init__(self, encoder, device, budget: int | None):
-        self.encoder, self.device, self.budget = encoder, device, budget
-        self.model = encoder.model
-
-    def encode(self, texts, runner=None, interrupt=None, plan=None, device=None):
-        from . import plan_text_encoder
-
-        plan = plan_text_encoder(self.encoder.model, self.device, self.budget, len(texts),
-                                 self.encoder.tokens_used(texts))
-        log.info("text encoder %s", plan.describe())
-        if plan.streamed:
-            return self.encoder.encode(texts, runner, interrupt, plan, self.device)
-        self.encoder.to(self.device)
-        try:
-            return self.encoder.encode(texts, runner, interrupt)
-        finally:
-            self.encoder.to("cpu")
-
-
 def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
-    """Load the models and sample; the solver's state is kept beside ``--out`` after every step."""
-    import torch
-
+    """Load the models and render through the task's function (the engine's one render path); the solver's
+    state is kept beside ``--out`` after every step."""
     from . import (
-        CompiledRunner,
-        RenderContext,
-        ResidentRunner,
-        ResumeFile,
         apply_loras,
-        cfg_branches,
         default_compute_dtype,
         image_to_latent,
         load_clip_vision,
         load_dit,
         load_text_encoder,
         load_vae,
-        plan_for,
         text_to_latent,
         vace_to_latent,
     )
@@ -207,69 +170,42 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
     # the DiT and the text encoder stay in host memory (memory-mapped) and are placed by their memory plans;
     # they compute in the render device's dtype (bf16 on CUDA unless told)
     weights = dict(storage_dtype=args.storage_dtype, device="cpu",
-                   compute_dtype=args.compute_dtype or default_compute_dtype("dit", plan.device))
-    compute = dict(compute_dtype=args.compute_dtype, device=plan.device)  # VAE and CLIP store what they compute in
-    budget = int(args.vram_budget * 2**30) if args.vram_budget > 0 else None
-    text_encoder = PlacedTextEncoder(load_text_encoder(plan.paths["text_encoders"], **weights), plan.device, budget)
+                   compute_dtype=args.compute_dtype or default_compute_dtype("dit", plan.host.device))
+    compute = dict(compute_dtype=args.compute_dtype, device=plan.host.device)  # VAE and CLIP store what they compute in
+    text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
     dit = load_dit(plan.paths["diffusion_models"], **weights)
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
-    images = plan.vace.get("references", ()) if args.task == "vace" else ()
-    shape = (1, 16, (plan.size["frames"] - 1) // 4 + 1 + len(images), plan.size["height"] // 8,
-             plan.size["width"] // 8)
-    guided = cfg_branches(args.negative, args.cfg) == 2
-    memory = plan_for(dit, shape, guided, plan.device, budget, allow_sequential=plan.cache is None)
-
-    def replan(budget: int):  # after running out of device memory: the DiT leaves it, the new plan places it
-        dit.to("cpu")
-        return plan_for(dit, shape, guided, plan.device, budget, allow_sequential=plan.cache is None)
-
-    log.info(memory.describe())
-    if not memory.streamed:
-        dit.to(plan.device)  # everything resident: the weights move once
-    plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
-
-    def progress(step: int, total: int, _x0) -> None:
-        log.info("step %d/%d", step + 1, total)
-
-    resume = ResumeFile(_beside(args.out, ".resume.safetensors")) if args.resume == "auto" else None
-    runner = ResidentRunner() if plan.cache is None else plan.cache.runner(
-        plan.size["steps"], cfg_branches(args.negative, args.cfg), dit.config.model_type, dit.config.dim,
-        plan.size["width"] * plan.size["height"])
-    common = dict(seed=args.seed, cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-                  render=RenderContext(device=plan.device, attention=args.attention, plan=memory, replan=replan,
-                                       runner=CompiledRunner(runner) if args.compile else runner),
-                  callback=progress, resume=resume,
-                  stop_after=args.stop_after or None, manifest=manifest, **plan.size)
+    vae = plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
+    texts, common = (args.prompt, args.negative), dict(settings=plan.settings, host=plan.host, manifest=manifest,
+                                                       **plan.size)
     if plan.images:
-        clip = load_clip_vision(plan.paths["clip_vision"], **compute)
         end = plan.images[1] if len(plan.images) > 1 else None
-        return image_to_latent(dit, text_encoder, plan.models["vae"], clip, plan.images[0], args.prompt,
-                               args.negative, end=end, **common)
+        clip = load_clip_vision(plan.paths["clip_vision"], **compute)
+        return image_to_latent(dit, text_encoder, vae, clip, plan.images[0], *texts, end=end, **common)
     if args.task == "vace":
-        vace = dict(plan.vace, references=torch.cat(plan.vace["references"]) if plan.vace["references"] else ())
-        return vace_to_latent(dit, text_encoder, plan.models["vae"], args.prompt, args.negative, **vace, **common)
-    return text_to_latent(dit, text_encoder, args.prompt, args.negative, **common)
+        return vace_to_latent(dit, text_encoder, vae, *texts, **plan.vace, **common)
+    return text_to_latent(dit, text_encoder, *texts, **common)
 
 
 def _decode_and_write(args: argparse.Namespace, plan: _Plan, manifest: dict, raw) -> Path:
     """Decode (in tiles if the whole does not fit) and write; the raw latent is kept on request, and always
     when the decode fails."""
-    from . import decode_with_fallback, video_to_images, write_video
+    from . import decode_latent, video_to_images, write_video
 
-    stopped = bool(args.stop_after) and args.stop_after < plan.size["steps"]
+    stopped = bool(args.stop_after) and args.stop_after < plan.settings.steps
     out = args.out.with_name(f"{args.out.stem}.step-{args.stop_after}{args.out.suffix}") if stopped else args.out
     if args.keep_latent:
         _keep_latent(raw, out, manifest)
     try:
-        video = decode_with_fallback(plan.models["vae"], raw)
+        video = decode_latent(plan.models["vae"], raw, plan.host, "off")
     except BaseException:
         if not args.keep_latent:
             _keep_latent(raw, out, manifest)
         raise
     if stopped:
         log.warning("stopped after step %d of %d: %s is a preview of the final video; run the same command "
-                    "without --stop-after to continue from there", args.stop_after, plan.size["steps"], out)
+                    "without --stop-after to continue from there", args.stop_after, plan.settings.steps, out)
     metadata = {"prompt": args.prompt, MANIFEST_KEY: dumps(manifest)}
     return write_video(video_to_images(video), out, fps=args.fps, fmt=plan.fmt, metadata=metadata)
 
@@ -304,29 +240,27 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
         "task": args.task, "prompt": args.prompt, "negative": args.negative, "demo": args.demo,
         "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items()},
         "images": [file_ref(name) for name in names if name is not None],
-        "seed": args.seed, "cfg": args.cfg, "shift": args.shift, "sampler": args.sampler, "fps": args.fps,
-        **plan.size, "attention": args.attention, "compile": args.compile, "device": str(plan.device),
-        "cache": None if plan.cache is None else vars(plan.cache),
+        "fps": args.fps, **plan.size, **plan.settings.to_manifest(), "device": str(plan.host.device),
         "loras": [{"file": file_ref(path), "strength": strength} for _, strength, path in plan.loras],
         "vace": None if args.task != "vace" else {
             "control": None if args.control is None else file_ref(args.control),
             "mask": None if args.mask is None else file_ref(args.mask),
             "references": [file_ref(p) for p in args.reference], "strength": args.vace_strength},
-        "vram_budget": args.vram_budget,
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """A checked render: model files, sizes, output format, device, and the input images (i2v / flf2v)."""
+    """A checked render: model files, size, settings, output format, host (its device and resume file), and the
+    input images (i2v / flf2v)."""
 
     paths: dict[str, Path]
-    size: dict[str, int]
+    size: dict[str, int]  # width, height, frames
+    settings: object  # RenderSettings
     fmt: str
-    device: object
+    host: object  # StandaloneHost
     images: tuple
-    cache: object = None  # StepCacheSettings, or None
     loras: tuple = ()  # (LoraFile, strength), checked against the DiT's config
     vace: dict = field(default_factory=dict)  # a vace render's control / mask / references and strength
     models: dict = field(default_factory=dict)  # filled as they load (the VAE, for the decode)
@@ -337,13 +271,14 @@ def _plan(args: argparse.Namespace) -> _Plan:
     its header, the model kind against the task, images, and the render's settings and memory."""
     import torch
 
-    from . import StepCacheSettings, check_fps, check_render, read_image, resolve_placement, video_format
+    from . import RenderSettings, StandaloneHost, check_fps, read_image, resolve_placement, video_format
     from .demo import DEMO_SIZE, write_demo_models
     from .files import check_file_name
     from .loading.checkpoint import inspect_kind
     from .loading.dit import inspect_dit
     from .pipeline import check_task
     from .sampling.request import SampleRequest
+    from .vace import vace_request
 
     image_task = args.task in ("i2v", "flf2v")
     fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
@@ -365,6 +300,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         kinds = IMAGE_KINDS if image_task else KINDS
         paths = {kinds[k]: _pick(args.models, k, getattr(args, k)) for k in kinds}
     size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    settings = RenderSettings.from_args(args, steps=size.pop("steps"))
     config = inspect_dit(paths["diffusion_models"])
     check_task(config, args.task)
     for kind, folder in (IMAGE_KINDS if image_task else KINDS).items():
@@ -372,12 +308,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
             inspect_kind(paths[folder], kind)
     names = (getattr(args, "image", None), getattr(args, "end_image", None))
     images = tuple(read_image(name) for name in names if name is not None)
-    request = SampleRequest(size["width"], size["height"], size["frames"])
-    check_render(config, request.latent_shape(), seed=args.seed, steps=size["steps"], cfg=args.cfg,
-                 shift=args.shift, sampler=args.sampler, device=device, compute_dtype=placement.compute_dtype)
-    cache = None if args.cache == "off" else StepCacheSettings(args.cache, args.cache_threshold, args.cache_start,
-                                                               args.cache_max_skips)
-    return _Plan(paths, size, fmt, device, images, cache, _loras(args, config), _vace_inputs(args))
+    request = (vace_request(**size, references=len(args.reference)) if args.task == "vace"
+               else SampleRequest(**size))
+    settings.check_for(config, request.latent_shape(), device, placement.compute_dtype)
+    host = StandaloneHost(device, resume_path=_beside(args.out, ".resume.safetensors"), logger=log)
+    return _Plan(paths, size, settings, fmt, host, images, _loras(args, config), _vace_inputs(args))
 
 
 def _vace_inputs(args: argparse.Namespace) -> dict:
@@ -392,7 +327,10 @@ def _vace_inputs(args: argparse.Namespace) -> dict:
             raise InputError(f"{path} does not exist; check the path")
         return read_video(path).images()
 
-    inputs = {"references": [read_image(p) for p in args.reference], "vace_strength": args.vace_strength}
+    import torch
+
+    references = [read_image(p) for p in args.reference]
+    inputs = {"references": torch.cat(references) if references else (), "vace_strength": args.vace_strength}
     if args.control is not None:
         inputs["control"] = frames(args.control)
     if args.mask is not None:

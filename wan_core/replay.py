@@ -11,14 +11,16 @@ from pathlib import Path
 
 from .errors import InputError
 from .manifest import find_file, read_manifest
+from .sampling.settings import RenderSettings
 
 FOLDERS = {"dit": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae", "clip_vision": "clip_vision"}
-SETTINGS = ("width", "height", "frames", "steps", "cfg", "shift", "sampler", "seed", "fps", "storage_dtype")
+OUTPUT = ("width", "height", "frames", "fps", "storage_dtype")
+"""What a CLI manifest records beside the render settings (which it holds whole, see :class:`RenderSettings`)."""
 
 
 def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device: str | None) -> list[str]:
-    """The CLI arguments that render ``video`` again (to ``out``, default ``<video>-replay<ext>``), keeping the
-    raw latent so the two renders can be compared."""
+    """The CLI arguments that render ``video`` again (to ``out``, default ``<video>-replay<ext>``) with the
+    recorded settings, keeping the raw latent so the two renders can be compared."""
     manifest = read_manifest(video)
     video = Path(video)
     task = manifest.get("task")
@@ -29,21 +31,12 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
         raise InputError(f"{video}: its manifest names task {task!r}; replay knows t2v, i2v, flf2v and vace")
     out = out or video.with_name(f"{video.stem}-replay{video.suffix}")
     argv = [task, "--prompt", manifest["prompt"], "--negative", manifest["negative"], "--out", str(out),
-            "--models", str(models), "--device", device or manifest.get("device", "cpu"), "--resume", "off",
-            "--keep-latent"]
-    for key in SETTINGS:
+            "--models", str(models), "--device", device or manifest.get("device", "cpu"), "--keep-latent"]
+    for key in OUTPUT:
         argv += [f"--{key.replace('_', '-')}", str(manifest[key])]
     if manifest.get("compute_dtype"):
         argv += ["--compute-dtype", manifest["compute_dtype"]]
-    argv += ["--attention", manifest.get("attention", "sdpa")] + (["--compile"] if manifest.get("compile") else [])
-    cache = manifest.get("cache")
-    if cache:
-        argv += ["--cache", cache["kind"]]
-        for key in ("threshold", "start", "max_skips"):  # unset ones take the same published default again
-            if cache.get(key) is not None:
-                argv += [f"--cache-{key.replace('_', '-')}", str(cache[key])]
-    if manifest.get("vram_budget"):
-        argv += ["--vram-budget", str(manifest["vram_budget"])]
+    argv += RenderSettings.from_manifest(manifest).to_argv()  # every setting, as recorded
     for lora in manifest.get("loras", []):
         argv += ["--lora", f"{find_file(lora['file'], models / 'loras')}:{lora['strength']}"]
     if manifest.get("demo"):

@@ -54,6 +54,12 @@ class VaceEmbeds:
         return VaceEmbeds(self.context, self.references, float(strength))
 
 
+def vace_request(width: int, height: int, frames: int, references: int = 0) -> SampleRequest:
+    """The size a VACE render samples at before its conditioning exists: one latent frame (4 video frames) more
+    per reference image."""
+    return SampleRequest(width, height, frames + VAE_STRIDE[0] * references)
+
+
 def _frames_in(name: str, images: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
     """IMAGE ``[N, H, W, 3]`` in 0..1 -> ``[1, 3, frames, height, width]`` in [-1, 1], resized (bilinear) when
     its size differs; a clip shorter than ``frames`` is continued with gray frames."""

@@ -95,16 +95,21 @@ def cfg_denoiser(model: Callable[..., torch.Tensor], context: torch.Tensor, nega
     return denoise
 
 
-def build_schedule(sampler: str, steps: int, shift: float, denoise: float, dim: int = 1536) -> Schedule:
-    """The schedule for ``steps`` steps; with ``denoise < 1`` the last ``steps`` of ``round(steps / denoise)``.
-    ``dim``: the DiT's width (the causvid list depends on it)."""
+def check_sampler(sampler: str, denoise: float) -> None:
+    """The sampler's name, and a denoise it can run (the step-distill samplers run their fixed list from noise)."""
     if sampler not in SAMPLERS:
         raise InputError(f"sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
     check_number("denoise", denoise, 0.0, 1.0, low_open=True, fix="1.0 renders from pure noise")
+    if SAMPLERS[sampler].fixed is not None and denoise != 1.0:
+        raise InputError(f"the {sampler} sampler runs its fixed list of steps from pure noise; set denoise to "
+                         f"1.0 (got {denoise}) or use euler / unipc for a partial render")
+
+
+def build_schedule(sampler: str, steps: int, shift: float, denoise: float, dim: int = 1536) -> Schedule:
+    """The schedule for ``steps`` steps; with ``denoise < 1`` the last ``steps`` of ``round(steps / denoise)``.
+    ``dim``: the DiT's width (the causvid list depends on it)."""
+    check_sampler(sampler, denoise)
     if SAMPLERS[sampler].fixed is not None:
-        if denoise != 1.0:
-            raise InputError(f"the {sampler} sampler runs its fixed list of steps from pure noise; set denoise to "
-                             f"1.0 (got {denoise}) or use euler / unipc for a partial render")
         return SAMPLERS[sampler].fixed(steps, shift, dim)
     total = max(steps, int(round(steps / denoise)))
     return flow_schedule(total, shift, SAMPLERS[sampler].sigma_max).tail(steps)

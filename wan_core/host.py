@@ -1,0 +1,143 @@
+"""The host a render runs in: the services a front end gives the engine, as a small typed protocol.
+
+A render job (:mod:`wan_core.job`) and the stages around it (:mod:`wan_core.stages`) ask their host where
+to compute, how much device memory they may use (and to make room for it), to place and release models, to
+show progress, whether the user cancelled, where the resume file lives, and to show a status line. The
+engine ships :class:`StandaloneHost` (the command line, the task functions, scripts); inside ComfyUI,
+``nodes/host.py`` implements the same protocol over ComfyUI's model manager, progress bar and interrupt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from .runtime.memory import available_bytes
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, torch.Tensor], None]
+"""``progress(steps_done, x0_prediction)`` after each step (the prediction: RAW ``[B, 16, F', h, w]``)."""
+
+
+class Host(Protocol):
+    def compute_device(self) -> torch.device:
+        """Where renders compute."""
+
+    def budget(self, model, need: int, requested_gb: float = 0.0) -> int | None:
+        """Bytes a stage may place for ``model`` on the compute device: the user's ``requested_gb`` (> 0), else
+        automatic, after making room for ``need`` bytes where the host can; None: the planner's own default."""
+
+    def make_room(self, nbytes: int) -> None:
+        """Free ``nbytes`` on the compute device where the host can (other models it holds are unloaded)."""
+
+    def free_memory(self) -> int:
+        """Bytes free on the compute device now."""
+
+    def on_device(self, *models) -> AbstractContextManager[torch.device]:
+        """``models`` whole on the compute device for the block, off it afterwards (also after a failure)."""
+
+    def hold(self, model, extra_bytes: int = 0) -> AbstractContextManager[torch.device]:
+        """``model`` whole on the compute device for the block, with room for ``extra_bytes`` of activations; a
+        host may keep it there between renders (ComfyUI does, until it needs the memory)."""
+
+    def streaming(self, model) -> AbstractContextManager[torch.device]:
+        """A block in which the render places ``model``'s weights itself (a streaming plan): the model is in
+        host memory first, the device's cached memory is freed afterwards."""
+
+    def release(self, model) -> None:
+        """Take ``model`` off the compute device now."""
+
+    def progress(self, total: int) -> Progress:
+        """A per-step progress callback for a render of ``total`` steps."""
+
+    def cancellable(self) -> AbstractContextManager[Callable[[], bool] | None]:
+        """Yields the cancel check of a long stage (None: nothing can cancel it but an exception)."""
+
+    def resume_path(self, slot: str | None) -> Path | None:
+        """Where the render slot ``slot`` keeps its resume file; None: nowhere (no resume)."""
+
+    def report(self, line: str) -> None:
+        """A status line for the user."""
+
+
+def device_of(model) -> torch.device:
+    """Where ``model``'s weights are (an ``nn.Module``, or anything with a ``device``)."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
+class StandaloneHost:
+    """The host without ComfyUI: one device, the user's budget or the planner's default, models moved there for
+    a stage and back to where they were, progress and status as lines of ``logger`` (the front end's; default
+    this module's), an optional cancel check and resume file."""
+
+    def __init__(self, device: torch.device | str | None = None, resume_path: str | Path | None = None,
+                 interrupt: Callable[[], bool] | None = None, logger: logging.Logger | None = None):
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
+        self._resume_path = None if resume_path is None else Path(resume_path)
+        self._interrupt = interrupt
+        self._log = logger or log
+
+    def compute_device(self) -> torch.device:
+        return self.device
+
+    def budget(self, model, need: int, requested_gb: float = 0.0) -> int | None:
+        return int(requested_gb * 2**30) if requested_gb and requested_gb > 0 else None
+
+    def make_room(self, nbytes: int) -> None:
+        return None  # nobody else holds memory we could ask for
+
+    def free_memory(self) -> int:
+        return available_bytes(self.device)
+
+    @contextmanager
+    def on_device(self, *models) -> Iterator[torch.device]:
+        homes = [device_of(model) for model in models]
+        try:
+            for model in models:
+                model.to(self.device)
+            yield self.device
+        finally:
+            for model, home in zip(models, homes):
+                model.to(home)
+            _empty_cache()
+
+    def hold(self, model, extra_bytes: int = 0) -> AbstractContextManager[torch.device]:
+        return self.on_device(model)
+
+    @contextmanager
+    def streaming(self, model) -> Iterator[torch.device]:
+        self.release(model)
+        try:
+            yield self.device
+        finally:
+            _empty_cache()
+
+    def release(self, model) -> None:
+        model.to("cpu")
+        _empty_cache()
+
+    def progress(self, total: int) -> Progress:
+        return lambda step, _x0: self._log.info("step %d/%d", step, total)
+
+    @contextmanager
+    def cancellable(self) -> Iterator[Callable[[], bool] | None]:
+        yield self._interrupt
+
+    def resume_path(self, slot: str | None) -> Path | None:
+        return self._resume_path
+
+    def report(self, line: str) -> None:
+        self._log.info(line)
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,114 @@
+"""The render job: one render put together once, for the sampler node, the command line and the task functions.
+
+From the model, the prompt embeddings, the request (size), the conditioning and the
+:class:`~wan_core.sampling.settings.RenderSettings`, :meth:`RenderJob.run` does the whole of a render on a
+:class:`~wan_core.host.Host`: it checks everything before any work, plans the device memory from the
+host's budget (with the remake used after an out-of-memory step), places the model, builds the render
+context (step cache, compile, plan), samples with resume, progress, cancel and manifest, and hands back
+the RAW latent. The coming capabilities (expert pairs, context windows, parallel ranks) are settings and
+models of this one path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .conditioning import ImageEmbeds, TextEmbeds
+from .constants import VAE_STRIDE
+from .host import Host
+from .runtime.context import RenderContext
+from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
+from .runtime.runners import CompiledRunner, ResidentRunner
+from .runtime.streaming import module_bytes
+from .sampling.loop import cfg_branches, check_tensors, sample
+from .sampling.request import SampleRequest
+from .sampling.resume import ResumeFile
+from .sampling.settings import RenderSettings
+from .vace import VaceEmbeds
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One render: ``model`` (a :class:`~wan_core.WanDiT`, or a handle of one carrying LoRAs) conditioned on
+    ``embeds``, at ``request``'s size unless image / VACE conditioning (whose size wins) or a start ``latent``
+    (RAW ``[B, 16, F', h, w]``, video-to-video; its shape wins) says otherwise."""
+
+    model: object
+    embeds: TextEmbeds
+    settings: RenderSettings
+    request: SampleRequest = SampleRequest()
+    latent: torch.Tensor | None = None
+    image: ImageEmbeds | None = None
+    vace: VaceEmbeds | None = None
+    manifest: dict | None = None  # stored in the resume file (and by the caller in what it writes)
+    slot: str | None = None  # the render slot whose resume file the host names
+
+    @property
+    def size(self) -> SampleRequest:
+        """The size the render is made at: the conditioning's, else the request's."""
+        return self.vace.request() if self.vace is not None else self.image.request() if self.image else self.request
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The RAW latent's shape ``(B, 16, F', h, w)``."""
+        return tuple(self.latent.shape) if self.latent is not None else self.size.latent_shape()
+
+    def conditioning(self) -> dict:
+        """The model's image / VACE conditioning, as :func:`~wan_core.sample` takes it."""
+        out = {} if self.image is None else {"clip_fea": self.image.clip_fea, "y": self.image.y}
+        if self.vace is not None:
+            out.update(vace_context=self.vace.context, vace_strength=self.vace.strength)
+        return out
+
+    def check(self, device: torch.device) -> None:
+        """Everything about the render that can fail, before the model moves or any noise is drawn."""
+        model, cond = self.model, self.conditioning()
+        self.settings.check_for(getattr(model, "config", None), self.shape, device,
+                                getattr(model, "compute_dtype", torch.float32))
+        check_tensors(model, self.embeds.positive, self.embeds.negative, self.latent, cond.get("clip_fea"),
+                      cond.get("y"), self.shape, cond.get("vace_context"))
+
+    def plan(self, device: torch.device, budget: int | None) -> MemoryPlan:
+        """The memory plan for ``budget`` bytes (None: the planner's default); a step cache keeps CFG batched."""
+        guided = cfg_branches(self.embeds.negative, self.settings.cfg) == 2
+        return plan_for(self.model, self.shape, guided, device, budget, allow_sequential=self.settings.cache is None)
+
+    def run(self, host: Host) -> torch.Tensor:
+        """Render on ``host``; returns the RAW latent ``[B, 16, F', h, w]`` float32 on the CPU (VACE reference
+        frames removed)."""
+        device = host.compute_device()
+        self.check(device)
+        whole = self.plan(device, UNLIMITED)  # everything resident: what the host makes room for
+        plan = self.plan(device, host.budget(self.model, whole.peak, self.settings.vram_budget))
+        host.report(plan.describe())
+
+        def replan(budget: int) -> MemoryPlan:  # after running out of memory: the model leaves the device first
+            host.release(self.model)
+            return self.plan(device, budget)
+
+        settings, progress, path = self.settings, host.progress(self.settings.steps), host.resume_path(self.slot)
+        resume = ResumeFile(path) if settings.resume == "auto" and path is not None else None
+        placing = (host.streaming(self.model) if plan.streamed
+                   else host.hold(self.model, plan.peak - module_bytes(self.model)))
+        with host.cancellable() as interrupt, placing as device:
+            raw = sample(self.model, self.embeds.positive, self.embeds.negative, request=self.size,
+                         latent=self.latent, **settings.sample_args(), render=self.render(device, plan, replan),
+                         interrupt=interrupt, stop_after=settings.stop_after or None, resume=resume,
+                         manifest=self.manifest, callback=lambda i, _n, x0: progress(i + 1, x0),
+                         **self.conditioning())
+        raw = raw.cpu()
+        return self.vace.trim(raw) if self.vace is not None else raw
+
+    def render(self, device: torch.device, plan: MemoryPlan, replan) -> RenderContext:
+        """This render's context: its device, attention kernel and plan, a fresh step cache when one is chosen
+        (the published tables of this model at this size), compiled blocks when asked."""
+        settings, config = self.settings, self.model.config
+        runner = ResidentRunner()
+        if settings.cache is not None:
+            _, _, _, h, w = self.shape
+            runner = settings.cache.runner(settings.steps, cfg_branches(self.embeds.negative, settings.cfg),
+                                           config.model_type, config.dim, h * VAE_STRIDE[1] * w * VAE_STRIDE[2])
+        return RenderContext(device=device, attention=settings.attention, plan=plan, replan=replan,
+                             runner=CompiledRunner(runner) if settings.compile else runner)
