@@ -153,39 +153,38 @@ def run(argv: list[str] | None = None) -> Path:
 
 
 def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
-    """Load the models and render through the task's function (the engine's one render path); the solver's
-    state is kept beside ``--out`` after every step."""
-    from . import (
-        apply_loras,
-        default_compute_dtype,
-        image_to_latent,
-        load_clip_vision,
-        load_dit,
-        load_text_encoder,
-        load_vae,
-        text_to_latent,
-        vace_to_latent,
-    )
+    """Render through the task's function (the engine's one render path) on the plan's host; the solver's state
+    is kept beside ``--out`` after every step."""
+    from . import image_to_latent, text_to_latent, vace_to_latent
 
-    # the DiT and the text encoder stay in host memory (memory-mapped) and are placed by their memory plans;
-    # they compute in the render device's dtype (bf16 on CUDA unless told)
+    dit, text_encoder, vae, clip = _load_models(args, plan)
+    texts = (args.prompt, args.negative)
+    common = dict(settings=plan.settings, host=plan.host, manifest=manifest, **plan.size)
+    if plan.images:
+        end = plan.images[1] if len(plan.images) > 1 else None
+        return image_to_latent(dit, text_encoder, vae, clip, plan.images[0], *texts, end=end, **common)
+    if args.task == "vace":
+        return vace_to_latent(dit, text_encoder, vae, *texts, **plan.vace, **common)
+    return text_to_latent(dit, text_encoder, *texts, **common)
+
+
+def _load_models(args: argparse.Namespace, plan: _Plan) -> tuple:
+    """The DiT (with its LoRAs), the text encoder, the VAE and (i2v / flf2v) CLIP, by the placement policy: the DiT
+    and the text encoder stay in host memory (memory-mapped) and are placed by their memory plans, computing in
+    the render device's dtype (bf16 on CUDA unless told); the VAE and CLIP are stored in it on the device."""
+    from . import apply_loras, default_compute_dtype, load_clip_vision, load_dit, load_text_encoder, load_vae
+
+    device = plan.host.device
     weights = dict(storage_dtype=args.storage_dtype, device="cpu",
-                   compute_dtype=args.compute_dtype or default_compute_dtype("dit", plan.host.device))
-    compute = dict(compute_dtype=args.compute_dtype, device=plan.host.device)  # VAE and CLIP store what they compute in
+                   compute_dtype=args.compute_dtype or default_compute_dtype("dit", device))
+    compute = dict(compute_dtype=args.compute_dtype, device=device)
     text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
     dit = load_dit(plan.paths["diffusion_models"], **weights)
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
     vae = plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
-    texts, common = (args.prompt, args.negative), dict(settings=plan.settings, host=plan.host, manifest=manifest,
-                                                       **plan.size)
-    if plan.images:
-        end = plan.images[1] if len(plan.images) > 1 else None
-        clip = load_clip_vision(plan.paths["clip_vision"], **compute)
-        return image_to_latent(dit, text_encoder, vae, clip, plan.images[0], *texts, end=end, **common)
-    if args.task == "vace":
-        return vace_to_latent(dit, text_encoder, vae, *texts, **plan.vace, **common)
-    return text_to_latent(dit, text_encoder, *texts, **common)
+    clip = load_clip_vision(plan.paths["clip_vision"], **compute) if plan.images else None
+    return dit, text_encoder, vae, clip
 
 
 def _decode_and_write(args: argparse.Namespace, plan: _Plan, manifest: dict, raw) -> Path:
