@@ -51,17 +51,28 @@ def _state_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+KERNEL_NOISE = 2e-5
+"""Largest difference, relative to the output's scale, that other CPU kernels make in these calls (measured: up to
+6e-7 in a forward and 3e-6 over 4 sampling steps between two machines; a change of the math moves them by far more)."""
+
+
 @pytest.mark.parametrize("render", [None, RenderContext()], ids=["no context", "default context"])
-def test_default_context_is_bit_identical_to_the_code_before_it(render):
+def test_default_context_matches_the_code_before_it(render):
+    """The recorded outputs of the code before the render context, within what other CPU kernels change (bit
+    identity to a recording holds only on the machine's own kernels: same capability string is not enough)."""
     recorded = load_file(RECORDED)
-    capability = bytes(recorded.pop("cpu_capability").tolist()).decode()
-    if capability != torch.backends.cpu.get_cpu_capability():
-        pytest.skip(f"recorded on a {capability} CPU, this one is {torch.backends.cpu.get_cpu_capability()}: "
-                    "bit-identity holds only for the same kernels (parity tests still bound the output)")
+    recorded.pop("cpu_capability")
     got = _recorded_calls(render)
     assert set(got) == set(recorded)
     for key, value in recorded.items():
-        assert torch.equal(got[key], value), f"{key}: max |diff| {(got[key] - value).abs().max().item():.3g}"
+        scale = value.abs().max().item()
+        torch.testing.assert_close(got[key], value, rtol=0, atol=KERNEL_NOISE * scale, msg=key)
+
+
+def test_no_context_and_the_default_context_are_bit_identical():
+    """The same kernels in one process: the default render context changes no bit of any call."""
+    plain, default = _recorded_calls(None), _recorded_calls(RenderContext())
+    assert all(torch.equal(plain[key], default[key]) for key in plain)
 
 
 @pytest.mark.parametrize("cfg", [T2V, I2V], ids=["t2v", "i2v"])
