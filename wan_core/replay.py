@@ -23,14 +23,19 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
     recorded settings, keeping the raw latent so the two renders can be compared."""
     manifest = read_manifest(video)
     video = Path(video)
+    if not isinstance(manifest, dict):
+        raise InputError(f"{video}: its run manifest is a JSON {type(manifest).__name__}, not the mapping a render "
+                         "writes; the file's metadata was changed, so it cannot be replayed")
     task = manifest.get("task")
     if "graph" in manifest:
         raise InputError(f"{video} was written inside ComfyUI: drop it onto the ComfyUI canvas to load its workflow "
                          "and queue it again (its manifest lists the model files and their hashes to check against)")
     if task not in ("t2v", "i2v", "flf2v", "vace"):
         raise InputError(f"{video}: its manifest names task {task!r}; replay knows t2v, i2v, flf2v and vace")
+    _check_fields(video, manifest)
     out = out or video.with_name(f"{video.stem}-replay{video.suffix}")
-    argv = [task, "--prompt", manifest["prompt"], "--negative", manifest["negative"], "--out", str(out),
+    # --flag=value: a prompt that starts with '-' is never read as a flag
+    argv = [task, f"--prompt={manifest['prompt']}", f"--negative={manifest['negative']}", "--out", str(out),
             "--models", str(models), "--device", device or manifest.get("device", "cpu"), "--keep-latent"]
     for key in OUTPUT:
         argv += [f"--{key.replace('_', '-')}", str(manifest[key])]
@@ -55,3 +60,27 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
         for ref in vace.get("references", []):
             argv += ["--reference", str(find_file(ref, Path.cwd()))]
     return argv
+
+
+REQUIRED = {"prompt": str, "negative": str, "models": dict, **{key: (int, float, str) for key in OUTPUT}}
+"""What a CLI manifest must hold to be replayed, with the types it holds them in."""
+
+
+def _check_fields(video: Path, manifest: dict) -> None:
+    """:class:`InputError` naming the first field a manifest lacks or holds in the wrong type, and each model
+    file reference that is not a file reference."""
+    for key, kind in REQUIRED.items():
+        if key not in manifest:
+            raise InputError(f"{video}: its run manifest has no {key!r}; it cannot be replayed")
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            raise InputError(f"{video}: its run manifest's {key!r} is {manifest[key]!r}, not what a render "
+                             "writes; it cannot be replayed")
+    loras, images = manifest.get("loras", []), manifest.get("images", [])
+    if not isinstance(loras, list) or not isinstance(images, list):
+        raise InputError(f"{video}: its run manifest's loras / images are not lists; it cannot be replayed")
+    refs = [*manifest["models"].values(), *images,
+            *[lora.get("file") if isinstance(lora, dict) else lora for lora in loras]]
+    for ref in refs:
+        if not isinstance(ref, dict) or not {"name", "path", "size", "hash"} <= set(ref):
+            raise InputError(f"{video}: its run manifest names a file as {ref!r}, without the name, path, size "
+                             "and hash a render records; it cannot be replayed")

@@ -28,6 +28,7 @@ from .errors import InputError
 from .i2v import check_image
 from .latents import normalize_latents
 from .models.vae import WanVAE
+from .runtime.finite import check_finite
 from .sampling.request import SampleRequest
 
 
@@ -85,6 +86,7 @@ def _mask_in(mask: torch.Tensor | None, frames: int, height: int, width: int) ->
         mask = mask[None]
     if mask.dim() != 3 or min(mask.shape) < 1:
         raise InputError(f"the mask must be a MASK [N, height, width], got shape {tuple(mask.shape)}")
+    check_finite("the VACE mask", mask, "a mask is 0 (keep) to 1 (generate) everywhere; fix the node that made it")
     if tuple(mask.shape[-2:]) != (height, width):
         mask = F.interpolate(mask[:, None], size=(height, width), mode="nearest-exact")[:, 0]
     if mask.shape[0] == 1:
