@@ -1,14 +1,17 @@
-"""Settings that mean nothing are refused by name before any work, and replay checks the manifest it is given
-(issue 22, items 5 and 6): through the sampler node, the VACE node, the CLI and replay."""
+"""Settings that mean nothing are refused by name before any work, replay checks the manifest it is given, and a
+resume file whose state is unusable is removed instead of failing every retry (issue 22, items 3, 5 and 6):
+through the sampler node, the VACE node, the CLI and replay."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from test_nodes import SMALL, _t2v_graph, env  # noqa: F401  (the standalone host with the demo models)
 from workflow_runner import load_pack
 
@@ -77,3 +80,27 @@ def test_a_prompt_that_starts_with_a_dash_replays(tmp_path):
     assert main(["replay", str(tmp_path / "first.mp4"), "--models", str(tmp_path / "models")]) == 0
     assert torch.equal(load_file(tmp_path / "first-replay.latent.safetensors")["latent"],
                        load_file(tmp_path / "first.latent.safetensors")["latent"])
+
+
+@pytest.mark.parametrize("damage", ["nan", "shape"])
+def test_an_unusable_resume_file_is_removed_and_the_render_starts_fresh(env, monkeypatch, caplog, damage):  # noqa: F811
+    nodes, model, _, embeds = _t2v_graph(env)
+    host = load_pack().nodes.host
+    settings = {**SETTINGS, "steps": 5}
+    whole = nodes["WanCoreSampler"]().run(model, embeds, **settings, resume="off")[0]["samples"]
+    calls = []
+    monkeypatch.setattr(host, "interrupt_requested", lambda: calls.append(1) or len(calls) >= 2)
+    with pytest.raises(load_pack().wan_core.RenderInterrupted):
+        nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="damaged")
+    path = host.resume_path("damaged")
+    with safe_open(path, framework="pt") as f:  # the same render's file (its identity), with a damaged state
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["x"] = tensors["x"] * math.nan if damage == "nan" else tensors["x"][:, :, :1].contiguous()
+    save_file(tensors, path, metadata=meta)
+    monkeypatch.setattr(host, "interrupt_requested", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        again = nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="damaged")[0]["samples"]
+    why = ("its x holds NaN/Inf values" if damage == "nan"
+           else "its x is (1, 16, 1, 6, 8), the render's latent (1, 16, 2, 6, 8)")
+    assert f"resume file {path} cannot be used: {why}; removed, starting fresh" in caplog.text
+    assert torch.equal(again, whole) and not path.exists()

@@ -224,7 +224,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
                         **({"vace_strength": vace_strength} if vace_context is not None else {}))
         identity = render_identity(model, tensors, settings, render)
-        state = resume.load(identity, schedule.steps)
+        state = resume.load(identity, schedule.steps, shape)
         if state is not None:
             log.info("resuming from step %d of %d (%s)", state.step, schedule.steps, resume.path)
             runner_state = {k[len(RUNNER):]: v for k, v in state.history.items() if k.startswith(RUNNER)}

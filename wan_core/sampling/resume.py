@@ -73,6 +73,17 @@ def render_identity(model, tensors: dict[str, torch.Tensor | None], settings: di
     return h.hexdigest()
 
 
+def _state_problem(x: torch.Tensor, history: dict[str, torch.Tensor], shape: tuple[int, ...] | None) -> str:
+    """Why a saved solver state cannot be resumed ("" when it can): a latent or history tensor of another shape
+    than ``shape`` (a step cache's own tensors, ``runner/...``, have theirs), or any NaN / Inf."""
+    for name, tensor in {"x": x, **history}.items():
+        if shape is not None and not name.startswith("runner/") and tuple(tensor.shape) != tuple(shape):
+            return f"its {name} is {tuple(tensor.shape)}, the render's latent {tuple(shape)}"
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"its {name} holds NaN/Inf values"
+    return ""
+
+
 class ResumeFile:
     """One render slot's checkpoint: ``path`` (safetensors; the solver's tensors and JSON metadata)."""
 
@@ -81,8 +92,10 @@ class ResumeFile:
         self._executor: ThreadPoolExecutor | None = None
         self._writing: Future | None = None
 
-    def load(self, identity: str, steps: int) -> SolverState | None:
-        """The saved state of render ``identity`` (``steps`` long); None if missing, another render's or damaged."""
+    def load(self, identity: str, steps: int, shape: tuple[int, ...] | None = None) -> SolverState | None:
+        """The saved state of render ``identity`` (``steps`` long, latent ``shape``); None if missing, another
+        render's, or unusable: a file that cannot be read, or whose state is not finite or not of ``shape``, is
+        removed (every retry would fail the same way) with a log line."""
         self.flush()
         remove_stale_partials(self.path.parent)  # half-written checkpoints of killed renders
         if not self.path.is_file():
@@ -98,12 +111,18 @@ class ResumeFile:
             step, order = int(meta["step"]), int(meta["order"])
             x = tensors.pop("x")
         except (OSError, KeyError, ValueError, TypeError, SafetensorError) as err:
-            log.warning("resume file %s is damaged (%s); ignored, starting fresh", self.path, err)
-            return None
+            return self._discard(f"it is damaged ({err})")
         if not 0 < step <= steps:
-            log.warning("resume file %s says step %d of %d; ignored, starting fresh", self.path, step, steps)
-            return None
+            return self._discard(f"it says step {step} of {steps}")
+        problem = _state_problem(x, tensors, shape)
+        if problem:
+            return self._discard(problem)
         return SolverState(step, x, tensors, order)
+
+    def _discard(self, why: str) -> None:
+        log.warning("resume file %s cannot be used: %s; removed, starting fresh", self.path, why)
+        self.path.unlink(missing_ok=True)
+        return None
 
     def save(self, identity: str, steps: int, state: SolverState, manifest: dict | None = None) -> None:
         """Hand ``state`` to the background writer: the tensors are copied to the host now, the file is
