@@ -88,10 +88,10 @@ def output_directory() -> Path:
     return Path(_folders.get_output_directory()) if IN_COMFYUI else _local("WANCORE_OUTPUT", "output")
 
 
-def resume_path(slot: str | None) -> Path:
-    """The resume file of a sampler node: in the output folder (ComfyUI empties its temp folder at start)."""
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(slot or "sampler"))
-    return output_directory() / "wancore_resume" / f"{name}.safetensors"
+def resume_folder() -> Path:
+    """Where sampler nodes keep resume files, one per render identity: in the output folder (ComfyUI empties
+    its temp folder at start)."""
+    return output_directory() / "wancore_resume"
 
 
 def input_directory() -> Path:
@@ -377,8 +377,8 @@ class NodeHost:
     def cancellable(self):
         return cancellable()
 
-    def resume_path(self, slot: str | None) -> Path:
-        return resume_path(slot)
+    def resume_folder(self) -> Path:
+        return resume_folder()
 
     def report(self, line: str) -> None:
         report(line)

@@ -45,23 +45,23 @@ class WanCoreSampler:
             "vace": ("WANCORE_VACE_EMBEDS", {"tooltip": "VACE conditioning (WanCoreVACEConditioning) for VACE "
                      "models; its size and frame count replace width, height and frames."}),
             "resume": (["auto", "off"], {"default": "auto", "tooltip": tip("resume") + " Kept in "
-                                         "output/wancore_resume/."}),
+                                         "output/wancore_resume/, one file per render."}),
             "stop_after": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": tip("stop_after")}),
             "attention": (attention_backends(), {"default": "sdpa", "tooltip": tip("attention")}),
             "compile": ("BOOLEAN", {"default": False, "tooltip": tip("compile")}),
             "vram_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5,
                                          "tooltip": tip("vram_budget")}),
             "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache. " + tip("cache")}),
-        }, "hidden": {"unique_id": "UNIQUE_ID"}}
+        }}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
             latent=None, image_embeds=None, vace=None, resume="auto", stop_after=0, attention="sdpa",
-            compile=False, cache=None, vram_budget_gb=0.0, unique_id=None):
+            compile=False, cache=None, vram_budget_gb=0.0):
         host.render_started()
         settings = RenderSettings(sampler=sampler, steps=steps, cfg=cfg, shift=shift, seed=seed, denoise=denoise,
                                   stop_after=stop_after, cache=cache, attention=attention, compile=compile,
                                   vram_budget=vram_budget_gb, resume=resume)
         manifest = {"node": "WanCoreSampler", "settings": settings.to_manifest(), "versions": manifest_versions()}
         job = RenderJob(model, embeds, settings, SampleRequest(width, height, frames),
-                        None if latent is None else latent["samples"], image_embeds, vace, manifest, unique_id)
+                        None if latent is None else latent["samples"], image_embeds, vace, manifest)
         return ({"samples": job.run(host.HOST)},)

@@ -91,15 +91,15 @@ def test_an_unusable_resume_file_is_removed_and_the_render_starts_fresh(env, mon
     calls = []
     monkeypatch.setattr(host, "interrupt_requested", lambda: calls.append(1) or len(calls) >= 2)
     with pytest.raises(load_pack().wan_core.RenderInterrupted):
-        nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="damaged")
-    path = host.resume_path("damaged")
+        nodes["WanCoreSampler"]().run(model, embeds, **settings)
+    (path,) = host.resume_folder().glob("*.safetensors")
     with safe_open(path, framework="pt") as f:  # the same render's file (its identity), with a damaged state
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     tensors["x"] = tensors["x"] * math.nan if damage == "nan" else tensors["x"][:, :, :1].contiguous()
     save_file(tensors, path, metadata=meta)
     monkeypatch.setattr(host, "interrupt_requested", lambda: False)
     with caplog.at_level(logging.WARNING):
-        again = nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="damaged")[0]["samples"]
+        again = nodes["WanCoreSampler"]().run(model, embeds, **settings)[0]["samples"]
     why = ("its x holds NaN/Inf values" if damage == "nan"
            else "its x is (1, 16, 1, 6, 8), the render's latent (1, 16, 2, 6, 8)")
     assert f"resume file {path} cannot be used: {why}; removed, starting fresh" in caplog.text

@@ -200,12 +200,14 @@ def test_interrupt_mid_sampling_writes_nothing_but_the_resume_state(env, monkeyp
     before = set((env / "output").rglob("*")) if (env / "output").exists() else set()
     settings = {**SMALL, "steps": 6, "seed": 1, "cfg": 5.0, "shift": 5.0, "sampler": "unipc", "denoise": 1.0}
     with pytest.raises(load_pack().wan_core.RenderInterrupted):
-        nodes["WanCoreSampler"]().run(model, embeds, **settings, resume=resume, unique_id="interrupted")
+        nodes["WanCoreSampler"]().run(model, embeds, **settings, resume=resume)
     assert len(calls) == 2
     after = set((env / "output").rglob("*")) if (env / "output").exists() else set()
-    kept = {host.resume_path("interrupted"), host.resume_path("interrupted").parent} if resume == "auto" else set()
-    assert after - before <= kept and host.resume_path("interrupted").exists() == (resume == "auto")
-    host.resume_path("interrupted").unlink(missing_ok=True)
+    folder = host.resume_folder()
+    new = after - before - {folder}
+    assert len(new) == (resume == "auto") and all(p.parent == folder and p.suffix == ".safetensors" for p in new)
+    for p in new:
+        p.unlink()
 
 
 def test_the_sampler_node_continues_an_interrupted_render_with_the_same_result(env, monkeypatch):
@@ -216,13 +218,13 @@ def test_the_sampler_node_continues_an_interrupted_render_with_the_same_result(e
     calls = []
     monkeypatch.setattr(host, "interrupt_requested", lambda: calls.append(1) or len(calls) >= 4)
     with pytest.raises(load_pack().wan_core.RenderInterrupted, match="after step 4 of 6"):
-        nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="7")
+        nodes["WanCoreSampler"]().run(model, embeds, **settings)
     monkeypatch.setattr(host, "interrupt_requested", lambda: False)
-    resumed = nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="7")[0]["samples"]
-    assert torch.equal(resumed, whole) and not host.resume_path("7").exists()
-    preview = nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="8", stop_after=2)[0]["samples"]
-    assert preview.shape == whole.shape and host.resume_path("8").exists()
-    assert torch.equal(nodes["WanCoreSampler"]().run(model, embeds, **settings, unique_id="8")[0]["samples"], whole)
+    resumed = nodes["WanCoreSampler"]().run(model, embeds, **settings)[0]["samples"]
+    assert torch.equal(resumed, whole) and not list(host.resume_folder().glob("*.safetensors"))
+    preview = nodes["WanCoreSampler"]().run(model, embeds, **settings, stop_after=2)[0]["samples"]
+    assert preview.shape == whole.shape and len(list(host.resume_folder().glob("*.safetensors"))) == 1
+    assert torch.equal(nodes["WanCoreSampler"]().run(model, embeds, **settings)[0]["samples"], whole)
 
 
 def test_text_encoder_is_moved_off_the_compute_device(env, monkeypatch):

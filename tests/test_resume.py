@@ -149,13 +149,13 @@ def test_a_killed_cli_render_resumes_and_ends_bit_identical(tmp_path, task, samp
     args = task_args("killed.mp4")
     killed = subprocess.run([sys.executable, "-c", KILL_AT, "4", *args], capture_output=True, text=True)
     assert killed.returncode == -9 and not (tmp_path / "killed.mp4").exists()
-    assert (tmp_path / ".killed.mp4.resume.safetensors").is_file()
+    assert len(list((tmp_path / ".wancore_resume").glob("*.safetensors"))) == 1
     again = subprocess.run([sys.executable, "-m", "wan_core", *args], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "resuming from step 4 of 6" in again.stderr
     assert torch.equal(load_file(tmp_path / "killed.latent.safetensors")["latent"],
                        load_file(tmp_path / "whole.latent.safetensors")["latent"])
-    assert not (tmp_path / ".killed.mp4.resume.safetensors").exists()
+    assert not list((tmp_path / ".wancore_resume").glob("*"))
 
 
 def test_cli_stop_after_then_continue(tmp_path):

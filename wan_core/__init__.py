@@ -26,7 +26,7 @@ from .constants import (
     latent_frames,
     video_frames,
 )
-from .errors import CheckpointError, InputError, RenderError, RenderInterrupted, WanCoreError
+from .errors import CheckpointError, InputError, OutputError, RenderError, RenderInterrupted, WanCoreError
 from .host import Host, StandaloneHost, device_of
 from .i2v import image_conditioning, size_for_area
 from .job import RenderJob
@@ -85,7 +85,7 @@ from .runtime import (
 from .runtime.memory import available_bytes
 from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, sample
 from .sampling.request import SampleRequest, check_seed
-from .sampling.resume import ResumeFile
+from .sampling.resume import ResumeFile, ResumeStore
 from .sampling.settings import RenderSettings, setting_help
 from .stages import TILINGS, decode_latent, encode_text, encode_video, vae_tile
 from .vace import VaceEmbeds, extension_source, outpaint_source, vace_conditioning, vace_request
@@ -119,7 +119,7 @@ __all__ = [
     # run manifests
     "MANIFEST_KEY", "fast_file_hash", "file_ref", "manifest_dumps", "manifest_versions", "read_manifest",
     # errors
-    "CheckpointError", "InputError", "RenderError", "RenderInterrupted", "WanCoreError",
+    "CheckpointError", "InputError", "OutputError", "RenderError", "RenderInterrupted", "WanCoreError",
     # latents
     "denormalize_latents", "latent_preview", "normalize_latents",
     # networks and loaders
@@ -135,7 +135,8 @@ __all__ = [
     "attention_backends", "available_bytes", "default_compute_dtype", "get_attention", "parse_dtype",
     "register_backend", "resolve_placement",
     # sampling
-    "SAMPLERS", "SampleRequest", "ResumeFile", "cfg_branches", "check_render", "check_seed", "check_tensors", "sample",
+    "SAMPLERS", "SampleRequest", "ResumeFile", "ResumeStore", "cfg_branches", "check_render", "check_seed",
+    "check_tensors", "sample",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

@@ -27,6 +27,8 @@ log = logging.getLogger("wan_core.cli")
 KINDS = {"dit": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
 IMAGE_KINDS = {**KINDS, "clip_vision": "clip_vision"}
 SUFFIXES = (".safetensors", ".pth", ".pt", ".gguf")
+RESUME_FOLDER = ".wancore_resume"
+"""The hidden folder beside --out where renders keep their resume files (one per render identity)."""
 
 
 def _pick(models: Path, kind: str, name: str | None) -> Path:
@@ -105,7 +107,8 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--storage-dtype", default="default", choices=list(DTYPES),
                      help="how the DiT and text encoder weights are held (default: as in the file)")
     t2v.add_argument("--resume", default="auto", choices=["auto", "off"],
-                     help=f"{tip('resume')} The state is kept beside --out. (default: auto)")
+                     help=f"{tip('resume')} The state is kept in {RESUME_FOLDER}/ beside --out, one file per render. "
+                     "(default: auto)")
     t2v.add_argument("--stop-after", type=int, default=0,
                      help=f"{tip('stop_after')} The preview is written as <out>.step-N. (default: 0)")
     t2v.add_argument("--attention", default="sdpa", choices=attention_backends(), help=f"{tip('attention')} "
@@ -209,22 +212,23 @@ def _decode_and_write(args: argparse.Namespace, plan: _Plan, manifest: dict, raw
     return write_video(video_to_images(video), out, fps=args.fps, fmt=plan.fmt, metadata=metadata)
 
 
-def _beside(out: Path, suffix: str) -> Path:
-    """A hidden file next to ``out`` (the render's own resume slot)."""
-    return out.parent / f".{out.name}{suffix}"
-
-
 def _keep_latent(raw, out: Path, manifest: dict) -> Path:
-    """Save the RAW latent next to the output, atomically: ``<name>.latent.safetensors``."""
+    """Save the RAW latent next to the output, atomically: ``<name>.latent.safetensors`` (nothing is left when
+    it cannot be written)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from .files import temporary_path
+    from .files import check_writable_folder, output_failed, temporary_path
 
     path = out.with_name(f"{out.stem}.latent.safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(path.parent)
     temp = temporary_path(path)
-    save_file({"latent": raw.detach().contiguous().cpu()}, temp, metadata={MANIFEST_KEY: dumps(manifest)})
-    os.replace(temp, path)
+    try:
+        save_file({"latent": raw.detach().contiguous().cpu()}, temp, metadata={MANIFEST_KEY: dumps(manifest)})
+        os.replace(temp, path)
+    except (OSError, SafetensorError) as err:
+        temp.unlink(missing_ok=True)
+        raise output_failed(path, err) from err
     log.warning("raw latent kept at %s (decode it later with the VAE)", path)
     return path
 
@@ -272,7 +276,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
     from . import RenderSettings, StandaloneHost, check_fps, read_image, resolve_placement, video_format
     from .demo import DEMO_SIZE, write_demo_models
-    from .files import check_file_name
+    from .files import check_file_name, check_writable_folder
     from .loading.checkpoint import inspect_kind
     from .loading.dit import inspect_dit
     from .pipeline import check_task
@@ -283,6 +287,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
     check_fps(args.fps, fmt)
     check_file_name(args.out.absolute())
+    check_writable_folder(args.out.absolute().parent)  # a folder that cannot take the video fails now
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was given but this machine has no usable CUDA device (or this torch "
@@ -310,7 +315,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     request = (vace_request(**size, references=len(args.reference)) if args.task == "vace"
                else SampleRequest(**size))
     settings.check_for(config, request.latent_shape(), device, placement.compute_dtype)
-    host = StandaloneHost(device, resume_path=_beside(args.out, ".resume.safetensors"), logger=log)
+    host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log)
     return _Plan(paths, size, settings, fmt, host, images, _loras(args, config), _vace_inputs(args))
 
 

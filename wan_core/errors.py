@@ -13,6 +13,10 @@ class CheckpointError(WanCoreError):
     """A checkpoint file is unreadable, of the wrong kind, or does not match the model."""
 
 
+class OutputError(WanCoreError, OSError):
+    """An output file or folder cannot be made or written (permission, a file in the way, a full disk)."""
+
+
 class RenderInterrupted(WanCoreError):
     """A render was cancelled through the interrupt callback; nothing was written."""
 

@@ -9,7 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 
 def place_new(temp: Path, final: Path) -> Path:
@@ -55,6 +55,26 @@ def check_file_name(final: Path) -> None:
     if longest > limit:
         raise InputError(f"output name {final.name!r} is too long for this file system ({longest} of at most "
                          f"{limit} bytes with the temporary name); use a shorter filename prefix")
+
+
+def check_writable_folder(folder: Path, what: str = "output folder") -> None:
+    """Make ``folder`` if needed and prove it takes a file (one is written and removed under a temporary name);
+    :class:`OutputError` naming the folder when it cannot."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temporary_path(folder / "write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"the {what} {folder} cannot be written ({err.strerror or err}); choose another folder, "
+                          "or give this one write permission and free space") from None
+
+
+def output_failed(final: Path, err: Exception) -> OutputError:
+    """The error for ``final`` that could not be written because of ``err`` (a full disk, a lost folder)."""
+    reason = getattr(err, "strerror", None) or err
+    return OutputError(f"{final} could not be written ({reason}); nothing was kept: free disk space "
+                       "or choose another folder, then run again")
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:

@@ -2,7 +2,7 @@
 
 A render job (:mod:`wan_core.job`) and the stages around it (:mod:`wan_core.stages`) ask their host where
 to compute, how much device memory they may use (and to make room for it), to place and release models, to
-show progress, whether the user cancelled, where the resume file lives, and to show a status line. The
+show progress, whether the user cancelled, where resume files live, and to show a status line. The
 engine ships :class:`StandaloneHost` (the command line, the task functions, scripts); inside ComfyUI,
 ``nodes/host.py`` implements the same protocol over ComfyUI's model manager, progress bar and interrupt.
 """
@@ -59,8 +59,9 @@ class Host(Protocol):
     def cancellable(self) -> AbstractContextManager[Callable[[], bool] | None]:
         """Yields the cancel check of a long stage (None: nothing can cancel it but an exception)."""
 
-    def resume_path(self, slot: str | None) -> Path | None:
-        """Where the render slot ``slot`` keeps its resume file; None: nowhere (no resume)."""
+    def resume_folder(self) -> Path | None:
+        """The folder of resume files (one per render identity, :class:`~wan_core.ResumeStore`); None: no
+        resume."""
 
     def report(self, line: str) -> None:
         """A status line for the user."""
@@ -75,13 +76,13 @@ def device_of(model) -> torch.device:
 class StandaloneHost:
     """The host without ComfyUI: one device, the user's budget or the planner's default, models moved there for
     a stage and back to where they were, progress and status as lines of ``logger`` (the front end's; default
-    this module's), an optional cancel check and resume file."""
+    this module's), an optional cancel check and resume folder."""
 
-    def __init__(self, device: torch.device | str | None = None, resume_path: str | Path | None = None,
+    def __init__(self, device: torch.device | str | None = None, resume_folder: str | Path | None = None,
                  interrupt: Callable[[], bool] | None = None, logger: logging.Logger | None = None):
         cuda = torch.cuda.is_available()
         self.device = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
-        self._resume_path = None if resume_path is None else Path(resume_path)
+        self._resume_folder = None if resume_folder is None else Path(resume_folder)
         self._interrupt = interrupt
         self._log = logger or log
 
@@ -131,8 +132,8 @@ class StandaloneHost:
     def cancellable(self) -> Iterator[Callable[[], bool] | None]:
         yield self._interrupt
 
-    def resume_path(self, slot: str | None) -> Path | None:
-        return self._resume_path
+    def resume_folder(self) -> Path | None:
+        return self._resume_folder
 
     def report(self, line: str) -> None:
         self._log.info(line)

@@ -24,7 +24,7 @@ from .runtime.runners import CompiledRunner, ResidentRunner
 from .runtime.streaming import module_bytes
 from .sampling.loop import cfg_branches, check_tensors, sample
 from .sampling.request import SampleRequest
-from .sampling.resume import ResumeFile
+from .sampling.resume import ResumeStore
 from .sampling.settings import RenderSettings
 from .vace import VaceEmbeds
 
@@ -43,7 +43,6 @@ class RenderJob:
     image: ImageEmbeds | None = None
     vace: VaceEmbeds | None = None
     manifest: dict | None = None  # stored in the resume file (and by the caller in what it writes)
-    slot: str | None = None  # the render slot whose resume file the host names
 
     @property
     def size(self) -> SampleRequest:
@@ -88,8 +87,8 @@ class RenderJob:
             host.release(self.model)
             return self.plan(device, budget)
 
-        settings, progress, path = self.settings, host.progress(self.settings.steps), host.resume_path(self.slot)
-        resume = ResumeFile(path) if settings.resume == "auto" and path is not None else None
+        settings, progress, folder = self.settings, host.progress(self.settings.steps), host.resume_folder()
+        resume = ResumeStore(folder) if settings.resume == "auto" and folder is not None else None
         placing = (host.streaming(self.model) if plan.streamed
                    else host.hold(self.model, plan.peak - module_bytes(self.model)))
         with host.cancellable() as interrupt, placing as device:

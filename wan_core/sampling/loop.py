@@ -22,7 +22,7 @@ from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
 from ..runtime.memory_plan import FFN_CHUNKS
 from .request import SampleRequest, check_number, check_settings
-from .resume import ResumeFile, render_identity
+from .resume import ResumeFile, ResumeStore, render_identity
 from .schedules import UNIPC_SIGMA_MAX, Schedule, causvid_schedule, flow_schedule, lightx2v_schedule
 from .solvers import Denoise, SolverState, dpmpp_2m, euler, unipc
 
@@ -178,7 +178,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            sampler: str = "unipc", denoise: float = 1.0, clip_fea: torch.Tensor | None = None,
            y: torch.Tensor | None = None, render: RenderContext | None = None,
            callback: Callable[[int, int, torch.Tensor], None] | None = None,
-           interrupt: Callable[[], bool] | None = None, resume: ResumeFile | None = None,
+           interrupt: Callable[[], bool] | None = None, resume: ResumeFile | ResumeStore | None = None,
            stop_after: int | None = None, manifest: dict | None = None, vace_context: torch.Tensor | None = None,
            vace_strength: float = 1.0) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
@@ -192,9 +192,10 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     callback(step, total, x0_pred) runs after each step; ``interrupt()`` returning True stops the
     render between steps with :class:`RenderInterrupted`. Everything is checked before the noise
     is drawn; NaN / Inf appearing during sampling stops the render with a :class:`RenderError`.
-    resume: a :class:`ResumeFile`; the solver's state is saved there after every step (with
-    ``manifest``), a render of the same identity continues from it bit-identically, and it is
-    removed when the render finishes. stop_after: stop after that many steps (of ``steps``),
+    resume: a :class:`ResumeStore` (the render's file in it is named by its identity) or one
+    :class:`ResumeFile`; the solver's state is saved there after every step (with ``manifest``), a
+    render of the same identity continues from it bit-identically, and it is removed when the render
+    finishes. stop_after: stop after that many steps (of ``steps``),
     keeping the resume file, and return the prediction of the final latent at that point.
     vace_context ``[B, 96, F', H/8, W/8]`` and vace_strength: a VACE model's conditioning (:mod:`wan_core.vace`).
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
@@ -224,6 +225,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
                         **({"vace_strength": vace_strength} if vace_context is not None else {}))
         identity = render_identity(model, tensors, settings, render)
+        if isinstance(resume, ResumeStore):
+            resume = resume.file_for(identity)
         state = resume.load(identity, schedule.steps, shape)
         if state is not None:
             log.info("resuming from step %d of %d (%s)", state.step, schedule.steps, resume.path)
@@ -305,7 +308,7 @@ def _retry_out_of_memory(make: Callable[[], Denoise], render: RenderContext) -> 
 def _flush_quietly(resume: ResumeFile) -> None:
     try:
         resume.flush()
-    except OSError as err:  # the render's own error is the one to report
+    except Exception as err:  # the render's own error is the one to report
         log.warning("the last resume checkpoint could not be written (%s)", err)
 
 

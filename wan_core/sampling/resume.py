@@ -4,9 +4,12 @@ A render's identity is a hash of everything that decides its result: the model (
 tensors and config), the weight patches, the prompt embeddings, the start latent and image
 conditioning, seed, latent size, sampler settings, compute dtype, attention backend and device
 type. After each step the solver's :class:`~.solvers.SolverState` is written atomically (a temporary
-file, then a rename) to one resume file per render slot; a render started again with the same
-identity continues from the last finished step and ends bit-identically; a file of another identity,
-or a damaged one, is ignored with a log line. Files hold tensors and JSON text only (safetensors).
+file, then a rename) to the render's own file in a :class:`ResumeStore` folder, named by its identity,
+so renders cancelled in turn each keep theirs; a render started again with the same identity continues
+from the last finished step and ends bit-identically. A damaged or unusable file is removed with a log
+line; a checkpoint that cannot be written is a warning and the render goes on. A store keeps at most
+:data:`KEEP_FILES` files, none older than :data:`KEEP_DAYS` days. Files hold tensors and JSON text only
+(safetensors).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +32,10 @@ from .solvers import SolverState
 log = logging.getLogger(__name__)
 
 FORMAT = "wancore-resume-1"
+KEEP_FILES = 8
+"""Resume files a store keeps (the newest; 32 MiB each at 832x480x81 with UniPC, so about 256 MiB)."""
+KEEP_DAYS = 7.0
+"""Older resume files are removed when the next render starts."""
 SAMPLED_VALUES = 64
 """Values read from each weight for a model's fingerprint (evenly spaced): cheap, and any change of file,
 dtype or patch moves it."""
@@ -84,13 +92,46 @@ def _state_problem(x: torch.Tensor, history: dict[str, torch.Tensor], shape: tup
     return ""
 
 
+class ResumeStore:
+    """A folder of resume files, one per render identity: the newest ``keep`` files, none older than
+    ``max_age_days``, are kept."""
+
+    def __init__(self, folder: str | os.PathLike, keep: int = KEEP_FILES, max_age_days: float = KEEP_DAYS):
+        self.folder, self.keep, self.max_age_days = Path(folder), keep, max_age_days
+
+    def file_for(self, identity: str) -> ResumeFile:
+        """The resume file of render ``identity``; the store is pruned around it first."""
+        file = ResumeFile(self.folder / f"{identity[:32]}.safetensors")
+        self.prune(keep=file.path)
+        return file
+
+    def prune(self, keep: Path | None = None) -> list[Path]:
+        """Remove the files beyond the newest ``self.keep`` (``keep`` counts among them and is never removed)
+        and those older than the age limit; returns what went."""
+        try:
+            files = [(f.stat().st_mtime, f) for f in self.folder.glob("*.safetensors") if f != keep]
+        except OSError:
+            return []
+        files.sort(reverse=True)
+        now, room = time.time(), self.keep - (1 if keep is not None else 0)
+        removed = [f for i, (mtime, f) in enumerate(files) if i >= room or now - mtime > self.max_age_days * 86400]
+        for f in removed:
+            f.unlink(missing_ok=True)
+            log.info("removed the old resume file %s (a store keeps %d files of at most %g days)", f, self.keep,
+                     self.max_age_days)
+        return removed
+
+
 class ResumeFile:
-    """One render slot's checkpoint: ``path`` (safetensors; the solver's tensors and JSON metadata)."""
+    """One render's checkpoint: ``path`` (safetensors; the solver's tensors and JSON metadata). A checkpoint
+    that cannot be written (a folder without write permission, a full disk) is logged as a warning naming the
+    path, and no more are attempted: the render goes on without."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
         self._writing: Future | None = None
+        self.failed = False
 
     def load(self, identity: str, steps: int, shape: tuple[int, ...] | None = None) -> SolverState | None:
         """The saved state of render ``identity`` (``steps`` long, latent ``shape``); None if missing, another
@@ -128,21 +169,32 @@ class ResumeFile:
         """Hand ``state`` to the background writer: the tensors are copied to the host now, the file is
         written atomically (a temporary file, then a rename) while the next step computes. A save that
         is still writing when the next one comes is finished first: files go out in step order."""
+        self.flush()
+        if self.failed:
+            return
         meta = {"format": FORMAT, "identity": identity, "steps": str(steps), "step": str(state.step),
                 "order": str(state.order), "manifest": json.dumps(manifest or {}, default=str)}
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in {"x": state.x, **state.history}.items()}
-        self.flush()
         self._writing = self._pool().submit(self._write, tensors, meta)
 
     def flush(self) -> None:
-        """Wait for the last save to reach the disk (and raise its error, if it failed)."""
+        """Wait for the last save to reach the disk; one that failed is a warning (and the last attempted)."""
         if self._writing is not None:
             writing, self._writing = self._writing, None
-            writing.result()
+            try:
+                writing.result()
+            except (OSError, SafetensorError) as err:
+                self.failed = True
+                log.warning("the resume checkpoint %s could not be written (%s); the render goes on without "
+                            "checkpoints: give the folder write permission or free disk space to keep them",
+                            self.path, err)
 
     def remove(self) -> None:
         self.flush()
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except NotADirectoryError:  # its folder could not be made: nothing was written
+            pass
 
     def _write(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

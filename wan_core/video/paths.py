@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 
 from ..errors import InputError
-from ..files import check_file_name
+from ..files import check_file_name, check_writable_folder
 
 
 def next_output_path(output_dir: str | os.PathLike, prefix: str, ext: str) -> Path:
@@ -29,7 +29,7 @@ def next_output_path(output_dir: str | os.PathLike, prefix: str, ext: str) -> Pa
     target = (root / Path(*parts)).resolve()
     if root not in target.parents:
         raise InputError(f"filename prefix {prefix!r} leads outside the output folder {root}")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(target.parent)
     pattern = re.compile(rf"^{re.escape(target.name)}_(\d+){re.escape(ext)}$")
     used = [int(m.group(1)) for p in target.parent.iterdir() if (m := pattern.match(p.name))]
     final = target.parent / f"{target.name}_{max(used, default=0) + 1:05d}{ext}"

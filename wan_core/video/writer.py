@@ -13,8 +13,15 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..errors import RenderInterrupted
-from ..files import check_file_name, place_new, remove_stale_partials, temporary_path
+from ..errors import OutputError, RenderInterrupted
+from ..files import (
+    check_file_name,
+    check_writable_folder,
+    output_failed,
+    place_new,
+    remove_stale_partials,
+    temporary_path,
+)
 from .formats import FORMAT_SPECS, FormatSpec, VideoFormat, check_fps, video_format
 from .frames import as_uint8, check_frames, pad_even
 from .metadata import with_text_chunks
@@ -47,7 +54,7 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     if spec.extension and final.suffix.lower() != spec.extension:
         final = final.with_name(final.name + spec.extension)
     check_file_name(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(final.parent)
     for stale in remove_stale_partials(final.parent):
         log.info("removed %s, left by a writer that was killed", stale)
     temp = temporary_path(final)
@@ -58,8 +65,10 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
         else:
             _write_container(frames, temp, spec, rate, quality, metadata or {}, (width, height))
         written = place_new(temp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, OutputError):
+            raise output_failed(final, err) from err
         raise
     log.info("wrote %d frames (%dx%d, %s fps) to %s", count, width, height, rate, written)
     return written
