@@ -348,7 +348,7 @@ def _loras(args: argparse.Namespace, config) -> tuple:
     import torch
 
     from .loading.lora import read_lora
-    from .lora import check_lora_fits
+    from .lora import check_lora_fits, check_lora_strength
     from .models.dit import WanDiT
 
     with torch.device("meta"):
@@ -363,6 +363,7 @@ def _loras(args: argparse.Namespace, config) -> tuple:
         path = Path(name) if Path(name).is_absolute() or Path(name).is_file() else args.models / "loras" / name
         if not path.is_file():
             raise InputError(f"LoRA file {name} was found neither as a path nor in {args.models / 'loras'}")
+        check_lora_strength(path, strength)
         lora = read_lora(path)
         check_lora_fits(lora, shape_model)
         out.append((lora, strength, path))

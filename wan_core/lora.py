@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -33,6 +34,8 @@ def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None 
     blocks the model lacks) raises :class:`InputError` naming both, before any render. Strength 0 adds
     nothing.
     """
+    for item, strength in loras:
+        check_lora_strength(item, strength)
     patches, names = {}, []
     for item, strength in loras:
         lora = item if isinstance(item, LoraFile) else read_lora(item)
@@ -76,6 +79,15 @@ def lora_patches(lora: LoraFile, strength: float, unmerged: bool | None = None) 
     for name, delta in lora.deltas.items():
         out = stack_patches(out, {name: WeightPatchSum(((delta, strength),), unmerged)})
     return out
+
+
+def check_lora_strength(lora, strength) -> None:
+    """Raise :class:`InputError` unless ``strength`` (of ``lora``: a file or :class:`LoraFile`) is a finite
+    number."""
+    name = lora.name if isinstance(lora, LoraFile) else os.path.basename(str(lora))
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise InputError(f"LoRA {name} strength must be a finite number (1.0 is the trained effect, 0 none), "
+                         f"got {strength!r}")
 
 
 def check_lora_fits(lora: LoraFile, model: WanDiT) -> None:

@@ -136,7 +136,8 @@ class LoraFile:
 
 def read_lora(path: str | os.PathLike) -> LoraFile:
     """Read a Wan2.1 LoRA (safetensors, or a weights-only .pt/.pth). Every key is read into an update or
-    reported: unknown keys (another network's LoRA, DoRA scales) raise :class:`CheckpointError` listing them.
+    reported: unknown keys (another network's LoRA, DoRA scales) raise :class:`CheckpointError` listing them,
+    and so do NaN / Inf values, low-rank pairs whose ranks disagree and alphas that are not one number.
     """
     path = Path(path)
     state = open_state_dict(path)
@@ -159,8 +160,33 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
     if ignored:
         log.warning("%s: %d all-zero norm delta(s) for norms without parameters ignored (%s)", path.name,
                     len(ignored), _listing(ignored))
+    _check_values(path.name, parts)
     pairs, deltas = _collect(path.name, parts, names)
     return LoraFile(path.name, pairs, deltas, ignored)
+
+
+def _check_values(name: str, parts: dict[str, dict[str, torch.Tensor]]) -> None:
+    """:class:`CheckpointError` naming the modules whose updates hold NaN / Inf (a damaged or diverged file)."""
+    bad = [f"{module} ({role})" for module, roles in parts.items() for role, value in roles.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{name}: {len(bad)} update(s) hold NaN/Inf values: {_listing(bad)}; the LoRA file is "
+                              "damaged or its training diverged: fetch it again or use another")
+
+
+def _pair(name: str, module: str, roles: dict[str, torch.Tensor]) -> LowRankPair:
+    """The low-rank pair of ``module``: down ``[r, in, ...]`` and up ``[out, r, ...]`` of one rank r, alpha one
+    number (r when absent)."""
+    down, up = roles["down"], roles["up"]
+    if down.dim() < 2 or up.dim() < 2 or up.shape[1] != down.shape[0]:
+        raise CheckpointError(f"{name}: the low-rank pair of {module} does not agree: down is {tuple(down.shape)}, "
+                              f"up is {tuple(up.shape)} (down [rank, in], up [out, rank]); the file is damaged")
+    rank = down.shape[0]
+    alpha = roles.get("alpha")
+    if alpha is not None and alpha.numel() != 1:
+        raise CheckpointError(f"{name}: the alpha of {module} has {alpha.numel()} values {tuple(alpha.shape)}, "
+                              "it must be one number; the file is damaged")
+    return LowRankPair(up, down, (float(alpha) if alpha is not None else float(rank)) / rank)
 
 
 def _collect(name: str, parts: dict[str, dict[str, torch.Tensor]], names: ModuleNames):
@@ -170,10 +196,7 @@ def _collect(name: str, parts: dict[str, dict[str, torch.Tensor]], names: Module
             if "down" not in roles or "up" not in roles:
                 incomplete.append(module)
                 continue
-            down, up = roles["down"], roles["up"]
-            rank = down.shape[0]
-            alpha = float(roles["alpha"]) if "alpha" in roles else float(rank)
-            pairs[module + ".weight"] = LowRankPair(up, down, alpha / rank)
+            pairs[module + ".weight"] = _pair(name, module, roles)
         elif "alpha" in roles:
             incomplete.append(module)
         if "diff" in roles:

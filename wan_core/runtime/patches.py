@@ -196,3 +196,21 @@ def patched_view(model: nn.Module, patches: Mapping[str, WeightPatch], compute_d
             owner = copies[prefix]
         patches[name].apply(owner, leaf, compute_dtype)
     return view
+
+
+def nonfinite_patches(model: nn.Module, patches: Mapping[str, WeightPatch], compute_dtype: torch.dtype,
+                      most: int = 5) -> list[str]:
+    """Names of (up to ``most``) tensors of ``model`` that ``patches`` make NaN / Inf once merged in
+    ``compute_dtype`` (an overflow of a strong LoRA): a diagnosis after a render went non-finite; ``model``
+    is not changed."""
+    found = []
+    for name in sorted(patches):
+        path, _, leaf = name.rpartition(".")
+        owner = _shallow_copy(model.get_submodule(path))
+        WeightPatchSum(patches[name].terms, unmerged=False).apply(owner, leaf, compute_dtype)
+        merged = owner._parameters[leaf]
+        if not bool(torch.isfinite(merged.to(compute_dtype)).all()):
+            found.append(name)
+            if len(found) >= most:
+                break
+    return found

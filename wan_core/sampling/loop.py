@@ -21,6 +21,7 @@ from ..runtime.context import RenderContext
 from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
 from ..runtime.memory_plan import FFN_CHUNKS
+from ..runtime.patches import nonfinite_patches
 from .request import SampleRequest, check_number, check_settings
 from .resume import ResumeFile, ResumeStore, render_identity
 from .schedules import UNIPC_SIGMA_MAX, Schedule, causvid_schedule, flow_schedule, lightx2v_schedule
@@ -322,10 +323,18 @@ class _Stopped(Exception):
 
 def _nonfinite_error(model, step: int, steps: int, render: RenderContext) -> WanCoreError:
     """Why a render went NaN / Inf at ``step``: a damaged weight (named), or an overflow of the compute dtype."""
-    weights = nonfinite_parameters(model) if isinstance(model, torch.nn.Module) else []
+    is_module = isinstance(model, torch.nn.Module)
+    weights = nonfinite_parameters(model) if is_module else []
     if weights:
         return CheckpointError(f"the model's weights hold NaN/Inf ({', '.join(weights)}): the checkpoint file is "
                                "damaged; fetch it again")
-    dtype = f" (compute dtype {render.dtype_for(model)})" if isinstance(model, torch.nn.Module) else ""
+    loras = ", ".join(f"{name} at {strength:g}" for name, strength in getattr(model, "loras", ()))
+    patches = render.patches_for(model) if is_module else {}
+    patched = nonfinite_patches(model, patches, render.dtype_for(model)) if patches else []
+    if patched:
+        return InputError(f"the LoRA updates ({loras or 'weight patches'}) make {', '.join(patched)} NaN/Inf in "
+                          f"{render.dtype_for(model)}: their strength is too high for these weights; lower it")
+    dtype = f" (compute dtype {render.dtype_for(model)})" if is_module else ""
+    used = f"; LoRAs {loras}" if loras else ""
     return RenderError(f"the render produced NaN/Inf values at step {step + 1} of {steps} with valid inputs and "
-                       f"weights{dtype}; use bf16 or fp32 compute, a lower cfg, or other LoRAs")
+                       f"weights{dtype}{used}; use bf16 or fp32 compute, a lower cfg, or other LoRAs")
