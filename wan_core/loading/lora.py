@@ -26,6 +26,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.config import DiTConfig
 from ..models.dit import WanDiT
+from ..runtime.finite import is_finite
 from .checkpoint import open_state_dict
 from .dit import dit_key_to_diffusers
 
@@ -168,7 +169,7 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
 def _check_values(name: str, parts: dict[str, dict[str, torch.Tensor]]) -> None:
     """:class:`CheckpointError` naming the modules whose updates hold NaN / Inf (a damaged or diverged file)."""
     bad = [f"{module} ({role})" for module, roles in parts.items() for role, value in roles.items()
-           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+           if not is_finite(value)]
     if bad:
         raise CheckpointError(f"{name}: {len(bad)} update(s) hold NaN/Inf values: {_listing(bad)}; the LoRA file is "
                               "damaged or its training diverged: fetch it again or use another")

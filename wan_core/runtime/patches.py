@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .finite import is_finite
 
 
 class WeightPatch(Protocol):
@@ -209,7 +210,7 @@ def nonfinite_patches(model: nn.Module, patches: Mapping[str, WeightPatch], comp
         owner = _shallow_copy(model.get_submodule(path))
         WeightPatchSum(patches[name].terms, unmerged=False).apply(owner, leaf, compute_dtype)
         merged = owner._parameters[leaf]
-        if not bool(torch.isfinite(merged.to(compute_dtype)).all()):
+        if not is_finite(merged.to(compute_dtype)):
             found.append(name)
             if len(found) >= most:
                 break

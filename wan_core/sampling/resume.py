@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..files import remove_stale_partials, temporary_path
+from ..runtime.finite import is_finite
 from .solvers import SolverState
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _state_problem(x: torch.Tensor, history: dict[str, torch.Tensor], shape: tup
     for name, tensor in {"x": x, **history}.items():
         if shape is not None and not name.startswith("runner/") and tuple(tensor.shape) != tuple(shape):
             return f"its {name} is {tuple(tensor.shape)}, the render's latent {tuple(shape)}"
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not is_finite(tensor):
             return f"its {name} holds NaN/Inf values"
     return ""
 
