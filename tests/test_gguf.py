@@ -39,9 +39,10 @@ def test_dequantization_equals_the_gguf_package_bit_for_bit(qtype):
     assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(expected))
 
 
-def _write_gguf(path, state, qtype: str, arch: str = "wan"):
+def _write_gguf(path, state, qtype: str, arch: str = "wan", declared: dict | None = None):
     """A GGUF as city96's converter writes one: Linear weights quantized (their input width a whole number of
-    blocks), 1-D tensors F32, the 5-D patch embedding flattened with its shape in comfy.gguf.orig_shape."""
+    blocks), 1-D tensors F32, the 5-D patch embedding flattened with its shape in comfy.gguf.orig_shape
+    (or the shape ``declared`` gives for it: a damaged file)."""
     writer = gguf.GGUFWriter(str(path), arch=arch)
     block = BLOCKS[qtype][0]
     dequantized = {}
@@ -54,7 +55,7 @@ def _write_gguf(path, state, qtype: str, arch: str = "wan"):
                                                                                         qtype)))
             continue
         if data.ndim > 4:
-            writer.add_array(f"comfy.gguf.orig_shape.{name}", list(data.shape))
+            writer.add_array(f"comfy.gguf.orig_shape.{name}", (declared or {}).get(name, list(data.shape)))
             data = data.reshape(data.shape[0], -1)
         writer.add_tensor(name, data)
         dequantized[name] = value
@@ -109,3 +110,50 @@ def test_the_model_loader_lists_and_loads_gguf_files(tmp_path, monkeypatch):
     assert "wan_tiny-Q8_0.gguf" in loader.INPUT_TYPES()["required"]["model_name"][0]
     model = loader().load("wan_tiny-Q8_0.gguf", "default")[0]
     assert any(getattr(m, "qtype", None) == "Q8_0" for m in model.modules())
+
+
+def _write_declared(path, name: str, data: np.ndarray, qtype: str, orig_shape: list[int]) -> None:
+    """A one-tensor Wan GGUF whose ``comfy.gguf.orig_shape`` entry declares ``orig_shape`` for ``data``."""
+    writer = gguf.GGUFWriter(str(path), arch="wan")
+    writer.add_array(f"comfy.gguf.orig_shape.{name}", orig_shape)
+    if qtype == "F32":
+        writer.add_tensor(name, data)
+    else:
+        kind = getattr(gguf.GGMLQuantizationType, qtype)
+        writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("qtype, orig_shape, says", [
+    ("F32", [16, 4, 1, 2, 3], r"declares shape \[16, 4, 1, 2, 3\].*F32 takes 1536 bytes but the file stores 2048"),
+    ("Q8_0", [40, 32], r"declares shape \[40, 32\].*Q8_0 takes 1360 bytes but the file stores 544"),
+    ("Q8_0", [64, 16], r"declares shape \[64, 16\] and its rows of 16 values are not whole Q8_0 blocks of 32"),
+])
+def test_a_gguf_tensor_whose_bytes_do_not_match_its_declared_shape_is_refused_at_open(tmp_path, qtype, orig_shape,
+                                                                                      says):
+    """The file stores a [16, 32] float tensor (2048 bytes in F32, 16 rows x 1 block x 34 bytes in Q8_0); its
+    declared shape says otherwise. Before the check the mismatch surfaced as a raw reshape error at load (or
+    loaded a tensor whose rows mixed blocks); now opening the file names the tensor, both sizes and the fix."""
+    data = np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32)
+    _write_declared(tmp_path / "bad.gguf", "blocks.0.ffn.0.weight", data, qtype, orig_shape)
+    with pytest.raises(wan_core.CheckpointError, match=f"bad.gguf: tensor blocks.0.ffn.0.weight {says}.*again"):
+        inspect_dit(tmp_path / "bad.gguf")
+
+
+def test_a_dit_gguf_with_a_wrong_declared_shape_fails_to_load_naming_the_tensor(tmp_path):
+    state = random_official_state(T2V, seed=5)
+    shape = list(state["patch_embedding.weight"].shape)
+    _write_gguf(tmp_path / "dit.gguf", state, "Q8_0", declared={"patch_embedding.weight": [shape[0] + 1, *shape[1:]]})
+    with pytest.raises(wan_core.CheckpointError, match="dit.gguf: tensor patch_embedding.weight declares shape"):
+        wan_core.load_dit(tmp_path / "dit.gguf")
+
+
+def test_a_truncated_gguf_is_named_as_damaged(tmp_path):
+    _write_gguf(tmp_path / "dit.gguf", random_official_state(T2V, seed=5), "Q8_0")
+    data = (tmp_path / "dit.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) * 9 // 10])
+    with pytest.raises(wan_core.CheckpointError, match="cut.gguf: not a readable GGUF.*interrupted download"):
+        wan_core.load_dit(tmp_path / "cut.gguf")

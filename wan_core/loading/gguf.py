@@ -65,7 +65,8 @@ def read_gguf(path: str | os.PathLike) -> dict[str, QuantizedTensor]:
     try:
         reader = gguf.GGUFReader(path)
     except Exception as err:  # a damaged or truncated file: say which, not a numpy trace
-        raise CheckpointError(f"{path.name}: not a readable GGUF file ({err}); fetch it again") from err
+        raise CheckpointError(f"{path.name}: not a readable GGUF file ({err}): damaged, or cut short "
+                              "by an interrupted download; fetch it again") from err
     arch = _string_field(reader, "general.architecture")
     if arch != ARCHITECTURE:
         raise CheckpointError(f"{path.name} is a GGUF of architecture {arch!r}; a Wan2.1 diffusion model GGUF "
@@ -83,11 +84,40 @@ def read_gguf(path: str | os.PathLike) -> dict[str, QuantizedTensor]:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             raw = torch.from_numpy(tensor.data)
         name = tensor.name[len(PREFIX):] if tensor.name.startswith(PREFIX) else tensor.name
+        _check_size(path, tensor.name, qtype, shape, raw.numel() * raw.element_size())
         out[name] = QuantizedTensor(raw.reshape(-1).view(torch.uint8), qtype, shape)
     if unsupported:
         raise CheckpointError(f"{path.name}: tensor format(s) we do not read: {', '.join(unsupported[:6])}; "
                               f"supported: {', '.join([*PLAIN, *BLOCKS])}")
     return out
+
+
+def stored_bytes(qtype: str, shape: tuple[int, ...]) -> int | None:
+    """Bytes a ``shape`` tensor of format ``qtype`` occupies, or None when the shape cannot be stored in it
+    (a block format needs each row, the last dimension, to be a whole number of blocks)."""
+    count = 1
+    for size in shape:
+        count *= size
+    if qtype in PLAIN:
+        return count * PLAIN[qtype].itemsize
+    values, size = BLOCKS[qtype]
+    if not shape or shape[-1] % values:
+        return None
+    return count // values * size
+
+
+def _check_size(path: Path, name: str, qtype: str, shape: tuple[int, ...], nbytes: int) -> None:
+    """Refuse a tensor whose stored bytes are not what its declared shape and format take (a damaged or
+    hand-edited file) now, with its name, instead of a reshape error later in the load or the render."""
+    want = stored_bytes(qtype, shape)
+    if want == nbytes:
+        return
+    if want is None:
+        why = f"its rows of {shape[-1] if shape else 0} values are not whole {qtype} blocks of {BLOCKS[qtype][0]}"
+    else:
+        why = f"that shape in {qtype} takes {want} bytes but the file stores {nbytes}"
+    raise CheckpointError(f"{path.name}: tensor {name} declares shape {list(shape)} and {why}; the file is damaged "
+                          "or was converted wrongly: fetch or convert it again")
 
 
 def inspect_gguf_dit(path: str | os.PathLike) -> DiTConfig:
