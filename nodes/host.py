@@ -342,6 +342,23 @@ class Progress:
         self._bar.update_absolute(step, self.total, image)
 
 
+def stage_count(stage: str):
+    """``count(done, total)`` for a stage other than sampling (VAE chunks, frames written): ComfyUI's progress bar
+    on the running node inside ComfyUI, a log line at the stage's end otherwise."""
+    bar = None
+
+    def count(done: int, total: int) -> None:
+        nonlocal bar
+        if not IN_COMFYUI:
+            if done == total:
+                log.info("%s: %d/%d done", stage, done, total)
+            return
+        bar = bar or _utils.ProgressBar(total)
+        bar.update_absolute(done, total)  # a fallback starting over may bring another total
+
+    return count
+
+
 class NodeHost:
     """The engine's host protocol (``wan_core.Host``) over this module's services: ComfyUI's device, model
     manager, progress bar with previews and interrupt inside ComfyUI; the standalone fallbacks otherwise."""
@@ -373,6 +390,9 @@ class NodeHost:
     def progress(self, total: int):
         bar = Progress(total)
         return lambda step, x0: bar.update(step, latent_preview(x0))
+
+    def count(self, stage: str):
+        return stage_count(stage)
 
     def cancellable(self):
         return cancellable()

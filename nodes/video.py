@@ -48,7 +48,7 @@ class WanCoreVideoWriter:
                 metadata["workflow"] = json.dumps(extra_pnginfo["workflow"])
         with host.cancellable() as interrupt:
             path = write_video(images, target, fps=fps, fmt=format, quality=None if quality < 0 else quality,
-                               metadata=metadata, interrupt=interrupt)
+                               metadata=metadata, interrupt=interrupt, progress=host.stage_count("writing"))
         files = sorted(path.glob("*.png")) if path.is_dir() else [path]
         previews = [_ui_entry(f, root) for f in files]
         return {"ui": {"images": previews, "animated": (path.is_file(),)}, "result": (str(path),)}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .constants import NEGATIVE_PROMPT
+from .display import ProgressDisplay
 from .errors import InputError, WanCoreError
 from .manifest import MANIFEST_KEY, dumps
 from .runtime.attention import attention_backends
@@ -209,7 +210,8 @@ def _decode_and_write(args: argparse.Namespace, plan: _Plan, manifest: dict, raw
         log.warning("stopped after step %d of %d: %s is a preview of the final video; run the same command "
                     "without --stop-after to continue from there", args.stop_after, plan.settings.steps, out)
     metadata = {"prompt": args.prompt, MANIFEST_KEY: dumps(manifest)}
-    return write_video(video_to_images(video), out, fps=args.fps, fmt=plan.fmt, metadata=metadata)
+    return write_video(video_to_images(video), out, fps=args.fps, fmt=plan.fmt, metadata=metadata,
+                       progress=plan.host.count("writing"))
 
 
 def _keep_latent(raw, out: Path, manifest: dict) -> Path:
@@ -315,7 +317,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     request = (vace_request(**size, references=len(args.reference)) if args.task == "vace"
                else SampleRequest(**size))
     settings.check_for(config, request.latent_shape(), device, placement.compute_dtype)
-    host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log)
+    host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log,
+                          on_progress=ProgressDisplay(sys.stderr, log))
     return _Plan(paths, size, settings, fmt, host, images, _loras(args, config), _vace_inputs(args))
 
 

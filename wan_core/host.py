@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, torch.Tensor], None]
 """``progress(steps_done, x0_prediction)`` after each step (the prediction: RAW ``[B, 16, F', h, w]``)."""
 
+Count = Callable[[int, int], None]
+"""``count(done, total)`` after each unit of a stage other than sampling (a VAE chunk, a video frame)."""
+
+OnProgress = Callable[[str, int, int], None]
+"""``on_progress(stage, done, total)``: what a front end's display is told (stage: ``sampling``, ``decoding``,
+``encoding``, ``writing``)."""
+
 
 class Host(Protocol):
     def compute_device(self) -> torch.device:
@@ -56,6 +63,10 @@ class Host(Protocol):
     def progress(self, total: int) -> Progress:
         """A per-step progress callback for a render of ``total`` steps."""
 
+    def count(self, stage: str) -> Count:
+        """A progress callback for the units of a stage other than sampling (``decoding``: VAE chunks of all
+        tiles, ``encoding``, ``writing``: frames); its total may change when a stage starts over (a fallback)."""
+
     def cancellable(self) -> AbstractContextManager[Callable[[], bool] | None]:
         """Yields the cancel check of a long stage (None: nothing can cancel it but an exception)."""
 
@@ -75,16 +86,19 @@ def device_of(model) -> torch.device:
 
 class StandaloneHost:
     """The host without ComfyUI: one device, the user's budget or the planner's default, models moved there for
-    a stage and back to where they were, progress and status as lines of ``logger`` (the front end's; default
-    this module's), an optional cancel check and resume folder."""
+    a stage and back to where they were, status as lines of ``logger`` (the front end's; default this module's),
+    progress to ``on_progress`` (a display; default: a line per step, one per stage at its end), an optional
+    cancel check and resume folder."""
 
     def __init__(self, device: torch.device | str | None = None, resume_folder: str | Path | None = None,
-                 interrupt: Callable[[], bool] | None = None, logger: logging.Logger | None = None):
+                 interrupt: Callable[[], bool] | None = None, logger: logging.Logger | None = None,
+                 on_progress: OnProgress | None = None):
         cuda = torch.cuda.is_available()
         self.device = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
         self._resume_folder = None if resume_folder is None else Path(resume_folder)
         self._interrupt = interrupt
         self._log = logger or log
+        self._on_progress = on_progress or self._log_progress
 
     def compute_device(self) -> torch.device:
         return self.device
@@ -126,7 +140,16 @@ class StandaloneHost:
         _empty_cache()
 
     def progress(self, total: int) -> Progress:
-        return lambda step, _x0: self._log.info("step %d/%d", step, total)
+        return lambda step, _x0: self._on_progress("sampling", step, total)
+
+    def count(self, stage: str) -> Count:
+        return lambda done, total: self._on_progress(stage, done, total)
+
+    def _log_progress(self, stage: str, done: int, total: int) -> None:
+        if stage == "sampling":
+            self._log.info("step %d/%d", done, total)
+        elif done == total:
+            self._log.info("%s: %d/%d done", stage, done, total)
 
     @contextmanager
     def cancellable(self) -> Iterator[Callable[[], bool] | None]:

@@ -61,17 +61,19 @@ def vae_tile(vae: WanVAE, tiling: str, latent_h: int, latent_w: int, host: Host)
 def decode_latent(vae: WanVAE, latent: torch.Tensor, host: Host, tiling: str = "auto") -> torch.Tensor:
     """RAW ``[B, 16, F', h, w]`` -> video ``[B, 3, F, H, W]`` in [-1, 1] on the host's device (``tiling``: see
     :data:`TILINGS`; one piece falls back to tiles when it runs out of memory)."""
+    count = host.count("decoding")  # VAE chunks of all tiles
     with host.cancellable() as interrupt, host.on_device(vae):
         tile = vae_tile(vae, tiling, latent.shape[-2], latent.shape[-1], host)
         if tile is None:
-            return decode_with_fallback(vae, latent, interrupt=interrupt)
-        return decode_tiled(vae, latent, tile, min(TILE_OVERLAP, tile // 2), interrupt=interrupt)
+            return decode_with_fallback(vae, latent, interrupt=interrupt, progress=count)
+        return decode_tiled(vae, latent, tile, min(TILE_OVERLAP, tile // 2), interrupt=interrupt, progress=count)
 
 
 def encode_video(vae: WanVAE, video: torch.Tensor, host: Host, tiling: str = "auto") -> torch.Tensor:
     """Video ``[B, 3, F, H, W]`` in [-1, 1] -> RAW ``[B, 16, F', H/8, W/8]`` on the host's device."""
+    count = host.count("encoding")
     with host.cancellable() as interrupt, host.on_device(vae):
         tile = vae_tile(vae, tiling, video.shape[-2] // VAE_STRIDE[1], video.shape[-1] // VAE_STRIDE[2], host)
         if tile is None:
-            return vae.encode(video, interrupt=interrupt)
-        return encode_tiled(vae, video, tile, min(TILE_OVERLAP, tile // 2), interrupt=interrupt)
+            return vae.encode(video, interrupt=interrupt, progress=count)
+        return encode_tiled(vae, video, tile, min(TILE_OVERLAP, tile // 2), interrupt=interrupt, progress=count)

@@ -337,8 +337,10 @@ class WanVAE(nn.Module):
         self.decoder = Decoder3d(config)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
-        """Video ``[B, 3, 4n+1, H, W]`` in [-1, 1] -> RAW latents; ``interrupt()`` is asked between chunks."""
+    def encode(self, video: torch.Tensor, interrupt: Callable[[], bool] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Video ``[B, 3, 4n+1, H, W]`` in [-1, 1] -> RAW latents; ``interrupt()`` is asked between chunks,
+        ``progress(chunks_done, chunks)`` told after each."""
         check_video(video)
         x = _channels_last(video.to(device=self._device(), dtype=self.compute_dtype))
         b, _, frames, h, w = x.shape
@@ -352,13 +354,17 @@ class WanVAE(nn.Module):
             stop = FIRST_CHUNK + CHUNK * i
             moments = self.conv1(self.encoder(x[:, :, start:stop], cache))
             out[:, :, i:i + 1] = moments[:, : self.config.z_dim].float()
+            if progress is not None:
+                progress(i + 1, n)
         return self._checked(out, "encode")
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, chunk: int = 1, cache: CausalCache | None = None,
-               interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+               interrupt: Callable[[], bool] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """RAW latents -> video in [-1, 1]. ``cache``: an empty :class:`CausalCache` to use (lets a caller
-        inspect it), default a new one; ``interrupt()`` is asked between chunks."""
+        inspect it), default a new one; ``interrupt()`` is asked between chunks, ``progress(chunks_done,
+        chunks)`` told after each."""
         check_latents(z, self.config.z_dim)
         if chunk < 1:
             raise InputError(f"chunk must be at least 1 latent frame, got {chunk}")
@@ -373,6 +379,8 @@ class WanVAE(nn.Module):
             piece = self.decoder(x[:, :, start:stop], cache)  # 1 frame for the first chunk, 4 per latent after
             first = 0 if start == 0 else video_frames(start)
             out[:, :, first:first + piece.shape[2]] = piece.float()
+            if progress is not None:
+                progress(i + 1, len(bounds) - 1)
         return self._checked(out, "decode").clamp_(-1, 1)
 
     def _checked(self, out: torch.Tensor, what: str) -> torch.Tensor:

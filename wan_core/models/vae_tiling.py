@@ -72,11 +72,12 @@ def _edge_ramp(length: int, before: int, after: int) -> torch.Tensor:
 
 
 def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, in_scale: int, out_scale: int,
-           out_channels: int, out_frames: int, interrupt: Callable[[], bool] | None) -> torch.Tensor:
+           out_channels: int, out_frames: int, interrupt: Callable[[], bool] | None,
+           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Run ``fn`` on overlapping spatial tiles of ``x`` and blend the results.
 
     ``tile`` / ``overlap`` are in latent cells; ``in_scale`` / ``out_scale`` convert latent cells
-    to the input's / output's pixels (1 or 8).
+    to the input's / output's pixels (1 or 8). ``progress(done, total)`` counts the chunks of all tiles.
     """
     if not 0 <= overlap < tile:
         raise InputError(f"tile overlap must be in [0, tile), got overlap {overlap} for tile {tile}")
@@ -86,31 +87,41 @@ def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, in_scale: int, out_scal
     row_w, col_w = _axis_weights(rows, th, out_scale), _axis_weights(cols, tw, out_scale)
     out = torch.zeros(x.shape[0], out_channels, out_frames, h * out_scale, w * out_scale, dtype=torch.float32)
     total = torch.zeros(h * out_scale, w * out_scale, dtype=torch.float32)
-    for r, wr in zip(rows, row_w):
-        for c, wc in zip(cols, col_w):
-            piece = x[..., r * in_scale:(r + th) * in_scale, c * in_scale:(c + tw) * in_scale]
-            weight = wr[:, None] * wc[None, :]
-            ys, xs = slice(r * out_scale, (r + th) * out_scale), slice(c * out_scale, (c + tw) * out_scale)
-            out[..., ys, xs] += fn(piece, interrupt=interrupt).float().cpu() * weight
-            total[ys, xs] += weight
+    tiles = [(r, wr, c, wc) for r, wr in zip(rows, row_w) for c, wc in zip(cols, col_w)]
+    for k, (r, wr, c, wc) in enumerate(tiles):
+        piece = x[..., r * in_scale:(r + th) * in_scale, c * in_scale:(c + tw) * in_scale]
+        weight = wr[:, None] * wc[None, :]
+        ys, xs = slice(r * out_scale, (r + th) * out_scale), slice(c * out_scale, (c + tw) * out_scale)
+        tile_progress = _tile_progress(progress, k, len(tiles))
+        out[..., ys, xs] += fn(piece, interrupt=interrupt, progress=tile_progress).float().cpu() * weight
+        total[ys, xs] += weight
     return out / total
 
 
+def _tile_progress(progress: Callable[[int, int], None] | None, k: int, tiles: int):
+    """Tile ``k``'s ``(chunks_done, chunks)`` as the whole pass's ``(done, total)``."""
+    if progress is None:
+        return None
+    return lambda done, chunks: progress(k * chunks + done, tiles * chunks)
+
+
 def decode_tiled(vae: WanVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8,
-                 interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+                 interrupt: Callable[[], bool] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """RAW latents ``[B, 16, F', h, w]`` -> video ``[B, 3, F, 8h, 8w]``, decoding ``tile`` x ``tile``
     latent cells at a time (``overlap`` cells shared between neighbours); ``interrupt()`` is asked
-    between chunks of every tile."""
+    between chunks of every tile, ``progress(chunks_done, chunks)`` counts the chunks of all tiles."""
     check_latents(z, vae.config.z_dim)  # the whole latent, before any tile is decoded
-    return _tiled(vae.decode, z, tile, overlap, 1, VAE_STRIDE[1], 3, video_frames(z.shape[2]), interrupt)
+    return _tiled(vae.decode, z, tile, overlap, 1, VAE_STRIDE[1], 3, video_frames(z.shape[2]), interrupt, progress)
 
 
 def encode_tiled(vae: WanVAE, video: torch.Tensor, tile: int = 32, overlap: int = 8,
-                 interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+                 interrupt: Callable[[], bool] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Video ``[B, 3, F, H, W]`` -> RAW latents, encoding ``tile`` x ``tile`` latent cells (8x pixels) at a time."""
     check_video(video)  # the whole clip, before any tile is encoded
     return _tiled(vae.encode, video, tile, overlap, VAE_STRIDE[1], 1, vae.config.z_dim, latent_frames(video.shape[2]),
-                  interrupt)
+                  interrupt, progress)
 
 
 def decode_bytes(vae: WanVAE, tile_h: int, tile_w: int, dtype: torch.dtype = torch.float32) -> int:
@@ -149,12 +160,13 @@ def is_out_of_memory(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
-def decode_with_fallback(vae: WanVAE, z: torch.Tensor, interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+def decode_with_fallback(vae: WanVAE, z: torch.Tensor, interrupt: Callable[[], bool] | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """``vae.decode(z)``; if that runs out of memory, the same decode in spatial tiles sized to the free memory,
-    halved again while a tile still does not fit (each retry logged), so the last stage of a long render
-    does not lose it."""
+    halved again while a tile still does not fit (each retry logged, its progress counted from 0), so the last
+    stage of a long render does not lose it."""
     try:
-        return vae.decode(z, interrupt=interrupt)
+        return vae.decode(z, interrupt=interrupt, progress=progress)
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
             raise
@@ -169,7 +181,8 @@ def decode_with_fallback(vae: WanVAE, z: torch.Tensor, interrupt: Callable[[], b
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         try:
-            return decode_tiled(vae, z, tile, min(FALLBACK_OVERLAP, tile // 2), interrupt=interrupt)
+            return decode_tiled(vae, z, tile, min(FALLBACK_OVERLAP, tile // 2), interrupt=interrupt,
+                                progress=progress)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err) or tile <= MIN_FALLBACK_TILE:
                 raise

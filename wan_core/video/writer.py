@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt: str | VideoFormat = "mp4",
                 quality: int | None = None, metadata: dict[str, str] | None = None,
-                interrupt: Callable[[], bool] | None = None) -> Path:
+                interrupt: Callable[[], bool] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Path:
     """Encode ``frames`` (``[F, H, W, 3]`` uint8 or float 0..1, tensor or array) to ``path``.
 
     Frames are converted and encoded one at a time. ``quality`` is the CRF for mp4 / mp4-h265 /
@@ -44,7 +45,8 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     The file is written under a temporary name in the same folder and renamed when complete; on
     any error or interrupt the temporary file is removed (``interrupt()`` is asked between frames),
     and temporary files that killed writers left in the folder are removed first. An existing file
-    is never replaced: the name gets a ``-N`` suffix instead. Returns the path written (a folder for png).
+    is never replaced: the name gets a ``-N`` suffix instead. ``progress(frames_done, count)`` is told as each
+    frame goes to the encoder. Returns the path written (a folder for png).
     """
     fmt = video_format(fmt)
     spec = FORMAT_SPECS[fmt]
@@ -58,7 +60,7 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     for stale in remove_stale_partials(final.parent):
         log.info("removed %s, left by a writer that was killed", stale)
     temp = temporary_path(final)
-    frames = _interruptible(frames, interrupt, count)
+    frames = _interruptible(frames, interrupt, count, progress)
     try:
         if fmt is VideoFormat.PNG:
             _write_png_sequence(frames, temp, {**(metadata or {}), "fps": str(rate)})
@@ -74,16 +76,19 @@ def write_video(frames, path: str | os.PathLike, fps: float | Fraction = 16, fmt
     return written
 
 
-def _interruptible(frames, interrupt: Callable[[], bool] | None, count: int):
-    """``frames``, asking ``interrupt()`` before each one."""
-    if interrupt is None:
+def _interruptible(frames, interrupt: Callable[[], bool] | None, count: int,
+                   progress: Callable[[int, int], None] | None = None):
+    """``frames``, asking ``interrupt()`` before each one and telling ``progress`` after each was taken."""
+    if interrupt is None and progress is None:
         return frames
 
     def checked():
         for i, frame in enumerate(frames):
-            if interrupt():
+            if interrupt is not None and interrupt():
                 raise RenderInterrupted(f"video writing interrupted at frame {i + 1} of {count}; nothing was kept")
             yield frame
+            if progress is not None:
+                progress(i + 1, count)
 
     return checked()
 
