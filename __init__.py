@@ -7,4 +7,8 @@ is added to ``sys.path`` and ComfyUI's own top-level ``nodes`` module is never s
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+WEB_DIRECTORY = "./web"
+"""Front-end extension ComfyUI serves and loads: greys out the sampler's size widgets while conditioning sets the
+size."""
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

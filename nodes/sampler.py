@@ -9,6 +9,9 @@ from ..wan_core import SAMPLERS, RenderJob, RenderSettings, SampleRequest, atten
 from ..wan_core import setting_help as tip
 from . import host
 
+_FROM_CONDITIONING = ("Greyed out and not used while image_embeds, vace or latent is connected: the size set "
+                      "there renders.")
+
 
 class WanCoreSampler:
     DESCRIPTION = ("Denoises a Wan2.1 video latent from seeded noise (text-to-video), or part-way from a LATENT "
@@ -24,12 +27,12 @@ class WanCoreSampler:
         return {"required": {
             "model": ("WANCORE_MODEL", {"tooltip": "From WanCoreModelLoader."}),
             "embeds": ("WANCORE_TEXT_EMBEDS", {"tooltip": "From WanCoreTextEncode."}),
-            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16,
-                              "tooltip": "Pixels, a multiple of 16. 832x480 (or 1280x720 for 14B) as trained."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16, "tooltip": "Pixels, a multiple "
+                              "of 16. 832x480 (or 1280x720 for 14B) as trained. " + _FROM_CONDITIONING}),
             "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16,
-                               "tooltip": "Pixels, a multiple of 16."}),
-            "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
-                               "tooltip": "4n+1 frames (81 = 5 s at 16 fps). Time and memory grow with it."}),
+                               "tooltip": "Pixels, a multiple of 16. " + _FROM_CONDITIONING}),
+            "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames (81 = 5 s "
+                               "at 16 fps). Time and memory grow with it. " + _FROM_CONDITIONING}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
                              "tooltip": tip("seed")}),
             "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": tip("steps")}),
@@ -38,12 +41,12 @@ class WanCoreSampler:
             "sampler": (list(SAMPLERS), {"default": "unipc", "tooltip": tip("sampler")}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": tip("denoise")}),
         }, "optional": {
-            "latent": ("LATENT", {"tooltip": "Start latent for video-to-video; its size overrides width, height "
-                                  "and frames."}),
+            "latent": ("LATENT", {"tooltip": "Start latent for video-to-video; its size is rendered (this node's "
+                                  "width, height and frames are greyed out)."}),
             "image_embeds": ("WANCORE_IMAGE_EMBEDS", {"tooltip": "Image conditioning for i2v / flf2v models; "
-                             "its size and frame count replace width, height and frames."}),
+                             "its size and frame count are rendered (this node's are greyed out)."}),
             "vace": ("WANCORE_VACE_EMBEDS", {"tooltip": "VACE conditioning (WanCoreVACEConditioning) for VACE "
-                     "models; its size and frame count replace width, height and frames."}),
+                     "models; its size and frame count are rendered (this node's are greyed out)."}),
             "resume": (["auto", "off"], {"default": "auto", "tooltip": tip("resume") + " Kept in "
                                          "output/wancore_resume/, one file per render."}),
             "stop_after": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": tip("stop_after")}),

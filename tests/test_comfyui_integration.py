@@ -103,6 +103,10 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         info = _wait_for(f"{url}/object_info", proc, log, START_TIMEOUT)
         ours = [name for name in node_classes() if name.startswith("WanCore")]
         assert set(ours) <= set(info), f"missing nodes: {set(ours) - set(info)}\n{log.read_text()[-3000:]}"
+        scripts = _get(f"{url}/extensions")  # the front-end extension is served (it greys out size widgets)
+        assert "/extensions/ComfyUI-WanCore/wancore.js" in scripts, scripts
+        with urllib.request.urlopen(f"{url}/extensions/ComfyUI-WanCore/size_widgets.js", timeout=10) as response:
+            assert b"syncSizeWidgets" in response.read()
         ui = load_workflow(ROOT / "example_workflows" / "wan2.1_t2v_1.3B.json")
         history = _render(url, ui, _demo_overrides(), log)
         assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .conditioning import ImageEmbeds, TextEmbeds
-from .constants import VAE_STRIDE
+from .constants import VAE_STRIDE, video_frames
 from .host import Host
 from .runtime.context import RenderContext
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
@@ -49,6 +49,31 @@ class RenderJob:
         """The size the render is made at: the conditioning's, else the request's."""
         return self.vace.request() if self.vace is not None else self.image.request() if self.image else self.request
 
+    def size_source(self) -> tuple[str, SampleRequest] | None:
+        """Where the render's size comes from when not from ``request``, and that size as the request's width /
+        height / frames (VACE: without the reference frames): None when the request sets it."""
+        if self.latent is not None:
+            _, _, count, lat_h, lat_w = self.latent.shape
+            return "the start latent", _pixels(lat_w, lat_h, count)
+        if self.vace is not None:
+            _, _, count, lat_h, lat_w = self.vace.context.shape
+            return "the VACE conditioning", _pixels(lat_w, lat_h, count - self.vace.references)
+        if self.image is not None:
+            return "the image conditioning", self.image.request()
+        return None
+
+    def size_note(self) -> str | None:
+        """A line saying the request's size is not what renders, when conditioning or a start latent sets another
+        (a graph whose sampler widgets disagree with its conditioning node); None when they agree."""
+        source = self.size_source()
+        if source is None:
+            return None
+        where, size = source
+        if (size.width, size.height, size.frames) == (self.request.width, self.request.height, self.request.frames):
+            return None
+        return (f"rendering {_describe(size)} as {where} sets; the sampler's own width / height / frames "
+                f"({_describe(self.request)}) are not used while it is connected")
+
     @property
     def shape(self) -> tuple[int, ...]:
         """The RAW latent's shape ``(B, 16, F', h, w)``."""
@@ -79,6 +104,9 @@ class RenderJob:
         frames removed)."""
         device = host.compute_device()
         self.check(device)
+        note = self.size_note()
+        if note is not None:
+            host.report(note)
         whole = self.plan(device, UNLIMITED)  # everything resident: what the host makes room for
         plan = self.plan(device, host.budget(self.model, whole.peak, self.settings.vram_budget))
         host.report(plan.describe())
@@ -111,3 +139,12 @@ class RenderJob:
                                            config.model_type, config.dim, h * VAE_STRIDE[1] * w * VAE_STRIDE[2])
         return RenderContext(device=device, attention=settings.attention, plan=plan, replan=replan,
                              runner=CompiledRunner(runner) if settings.compile else runner)
+
+
+def _pixels(lat_w: int, lat_h: int, latent_count: int) -> SampleRequest:
+    """The request whose latent is ``latent_count`` frames of ``lat_h x lat_w`` cells."""
+    return SampleRequest(width=lat_w * VAE_STRIDE[2], height=lat_h * VAE_STRIDE[1], frames=video_frames(latent_count))
+
+
+def _describe(size: SampleRequest) -> str:
+    return f"{size.width}x{size.height}, {size.frames} frames"

@@ -93,7 +93,8 @@ def vace_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: 
     embeds = encode_text(text_encoder, prompt, negative, host, settings.vram_budget)
     with host.cancellable() as interrupt, host.on_device(vae):
         vace = vace_conditioning(vae, width, height, frames, control, mask, references, vace_strength, interrupt)
-    return RenderJob(dit, embeds, settings, request, vace=vace, manifest=manifest).run(host)
+    asked = SampleRequest(width, height, frames)  # what the user set; the conditioning adds the reference frames
+    return RenderJob(dit, embeds, settings, asked, vace=vace, manifest=manifest).run(host)
 
 
 def vace_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: str, negative: str | None = None,
