@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..wan_core import RenderInterrupted, available_bytes, latent_preview, module_bytes
+from ..wan_core import RenderInterrupted, available_bytes, latent_preview, module_bytes, preview_side
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm
@@ -38,6 +38,9 @@ interrupt_event = threading.Event()
 
 class HostError(Exception):
     """A file or folder the node needs is missing; the message says where it was looked for."""
+
+
+HostError.__module__ = "wancore_nodes"  # shown by ComfyUI as "wancore_nodes.HostError", whatever the pack's folder
 
 
 def _local(var: str, default: str) -> Path:
@@ -338,7 +341,7 @@ class Progress:
             from comfy.cli_args import args
             from PIL import Image
 
-            image = ("JPEG", Image.fromarray(preview.numpy()), args.preview_size)
+            image = ("JPEG", Image.fromarray(preview.numpy()), preview_side(preview, args.preview_size))
         self._bar.update_absolute(step, self.total, image)
 
 

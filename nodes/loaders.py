@@ -16,7 +16,8 @@ _DTYPE_TIP = ("Storage precision of the weights. 'default' keeps the file's. fp8
 
 
 class WanCoreModelLoader:
-    DESCRIPTION = ("Loads a Wan2.1 diffusion model (t2v 1.3B/14B, i2v 14B, flf2v 14B, detected from the file) "
+    DESCRIPTION = ("Loads a Wan2.1 diffusion model (t2v 1.3B/14B, i2v 14B, flf2v 14B, VACE 1.3B/14B, detected from "
+                   "the file) "
                    "from models/diffusion_models (or models/unet). Official, ComfyUI and diffusers layouts, "
                    "fp32/bf16/fp16/fp8 and scaled-fp8 files, and GGUF files (city96's Wan layout: Q8_0, Q6_K, Q5_K, "
                    "Q5_0/1, Q4_K, Q4_0/1, Q3_K, Q2_K, F16/BF16/F32; they stay quantized) are accepted.")

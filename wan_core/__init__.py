@@ -30,7 +30,7 @@ from .errors import CheckpointError, InputError, OutputError, RenderError, Rende
 from .host import Host, StandaloneHost, device_of
 from .i2v import image_conditioning, size_for_area
 from .job import RenderJob
-from .latents import denormalize_latents, latent_preview, normalize_latents
+from .latents import denormalize_latents, latent_preview, normalize_latents, preview_side
 from .loading.clip_vision import load_clip_vision
 from .loading.dit import load_dit
 from .loading.lora import LoraFile, read_lora
@@ -121,7 +121,7 @@ __all__ = [
     # errors
     "CheckpointError", "InputError", "OutputError", "RenderError", "RenderInterrupted", "WanCoreError",
     # latents
-    "denormalize_latents", "latent_preview", "normalize_latents",
+    "denormalize_latents", "latent_preview", "normalize_latents", "preview_side",
     # networks and loaders
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "LoraFile", "read_lora", "apply_loras",
     "check_lora_fits", "lora_patches", "ClipVision", "PRESETS", "DiTConfig", "detect",

@@ -23,3 +23,9 @@ class RenderInterrupted(WanCoreError):
 
 class RenderError(WanCoreError):
     """A render went numerically wrong (NaN / Inf appeared) although its inputs were valid."""
+
+
+for _error in (WanCoreError, InputError, CheckpointError, OutputError, RenderInterrupted, RenderError):
+    # ComfyUI shows an exception's type as module.name: "wan_core.InputError" (how the package exports it) and
+    # not "<custom_nodes folder>.wan_core.errors.InputError", which changes with the folder a user cloned into
+    _error.__module__ = "wan_core"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .constants import LATENT_CHANNELS, LATENT_MEAN, LATENT_STD
+from .constants import LATENT_CHANNELS, LATENT_MEAN, LATENT_STD, VAE_STRIDE
 from .errors import InputError
 
 
@@ -46,3 +46,10 @@ def latent_preview(x0: torch.Tensor) -> torch.Tensor:
     bias = torch.tensor(PREVIEW_RGB_BIAS, dtype=torch.float32, device=x0.device)
     rgb = x0[0, :, -1].float().permute(1, 2, 0) @ factors + bias  # [h, w, 3] in about [-1, 1]
     return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def preview_side(preview: torch.Tensor, limit: int) -> int:
+    """The longest side a front end may scale a :func:`latent_preview` (``[h, w, 3]``, one pixel per latent cell)
+    to: the render's own (8 pixels per cell), at most ``limit``; so a small render's preview is not enlarged past
+    the render (and labelled with a size it does not have)."""
+    return min(int(limit), VAE_STRIDE[1] * max(preview.shape[0], preview.shape[1]))

@@ -50,6 +50,7 @@ class MemoryPlan:
     budget: int  # bytes
     peak: int  # planned peak bytes on the device
     keys_values: bool = True  # the text keys / values of every block kept for the render (else made per call)
+    guided: bool = True  # the model runs CFG branches (False: one pass per call, e.g. the text encoder, cfg 1)
 
     def describe(self) -> str:
         """One line for the log and the user."""
@@ -57,7 +58,8 @@ class MemoryPlan:
         parts = [f"{len(self.resident)}/{blocks} blocks resident"]
         if self.streamed:
             parts.append(f"{len(self.streamed)} streamed ({self.prefetch} ahead)")
-        parts.append("CFG one branch at a time" if self.cfg_sequential else "CFG batched")
+        if self.guided:
+            parts.append("CFG one branch at a time" if self.cfg_sequential else "CFG batched")
         if self.ffn_chunks > 1:
             parts.append(f"feed-forward in {self.ffn_chunks} chunks")
         if not self.keys_values:
@@ -100,7 +102,7 @@ def plan_memory(budget: int, block_bytes: Sequence[int], other_bytes: int,
     staging = (prefetch + 1) * max((block_bytes[i] for i in streamed), default=0) if streamed else 0
     peak = fixed + sum(block_bytes[:count]) + staging
     return MemoryPlan(tuple(range(count)), streamed, sequential, chunks, prefetch if streamed else 0, budget, peak,
-                      keep)
+                      keep, cfg)
 
 
 def _resident_prefix(room: int, block_bytes: Sequence[int], prefetch: int) -> int | None:
@@ -175,6 +177,6 @@ def plan_text_encoder(model, device: torch.device, budget: int | None = None, pr
     activations = text_encoder_activation_bytes(model.config, prompts, tokens)
     whole = module_bytes(model) + activations
     if whole <= budget:
-        return MemoryPlan(tuple(range(len(blocks))), (), False, 1, 0, budget, whole)
+        return MemoryPlan(tuple(range(len(blocks))), (), False, 1, 0, budget, whole, guided=False)
     return plan_memory(budget, blocks, other, lambda _batch, _chunks: activations, cfg=False,
                        fix="load the text encoder as fp8_e4m3fn, or give the GPU more memory")

@@ -39,7 +39,8 @@ class RenderSettings:
                             "(14B: up to 9 steps; 1.3B: 4; shift unused) are the schedules the step-distill LoRAs are "
                             "trained for: use them with such a LoRA at cfg 1.")
     steps: int = _setting(50, "--steps", "Denoising steps (official: 50 for t2v, 40 for i2v / flf2v). Fewer is "
-                          "faster and softer.")
+                          "faster and softer. The fixed-step samplers take only their own counts: lightx2v_4step "
+                          "exactly 4, causvid 4 on 1.3B and 1 to 9 on 14B.")
     cfg: float = _setting(5.0, "--cfg", "Prompt strength. 1.0 skips the negative pass (twice as fast); 5.0 is the "
                           "official default.")
     shift: float = _setting(5.0, "--shift", "Schedule shift: higher spends more steps on composition (official: "
