@@ -23,9 +23,22 @@ class CastLinear(nn.Linear):
     files store ``weight / scale`` in float8 next to the scale.
     """
 
-    low_rank: tuple = ()
-    """Unmerged low-rank updates ``(down [r, in], up [out, r], scale)`` in the compute dtype, each adding
-    ``scale * x down^T up^T``; set only on a render's patched copy of the layer (never on a loaded model)."""
+    low_rank_scales: tuple[float, ...] = ()
+    """The scale of each unmerged low-rank update (:attr:`low_rank`); set only on a render's patched copy."""
+
+    @property
+    def low_rank(self) -> tuple:
+        """Unmerged low-rank updates ``(down [r, in], up [out, r], scale)`` in the compute dtype, each adding
+        ``scale * x down^T up^T``. Their tensors are buffers (``lora_down_<k>`` / ``lora_up_<k>``), so placing,
+        streaming and moving the layer moves them with its weight and their bytes count as its own."""
+        return tuple((self._buffers[f"lora_down_{k}"], self._buffers[f"lora_up_{k}"], scale)
+                     for k, scale in enumerate(self.low_rank_scales))
+
+    def add_low_rank(self, down: torch.Tensor, up: torch.Tensor, scale: float) -> None:
+        """Attach one unmerged update: only on a render's patched copy (its buffer dict is its own)."""
+        k = len(self.low_rank_scales)
+        self._buffers[f"lora_down_{k}"], self._buffers[f"lora_up_{k}"] = down, up
+        self.low_rank_scales = (*self.low_rank_scales, float(scale))
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)

@@ -72,7 +72,7 @@ class WeightPatchSum:
         for update, strength in self.terms:
             if unmerged and isinstance(update, LowRank):
                 down, up = (t.to(device=weight.device, dtype=compute_dtype) for t in (update.down, update.up))
-                owner.low_rank = (*owner.low_rank, (down, up, update.scale * strength))  # the view's copy only
+                owner.add_low_rank(down, up, update.scale * strength)  # the view's copy only
             else:
                 merged.append((update, strength))
         if merged:

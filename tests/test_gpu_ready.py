@@ -1,0 +1,60 @@
+"""Ready for the first GPU (issue 21): the CUDA-only defects, shown on the CPU where a CPU can show them (on the
+``meta`` device, with a faked CUDA capability, or with a faked allocator)."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+from tiny import T2V, inputs, random_official_state
+from tiny_lora import block_modules, random_lora, write_lora
+
+import wan_core
+from wan_core.runtime.memory_plan import MemoryPlan
+from wan_core.runtime.streaming import StreamedBlock, _copy_tree
+
+META = torch.device("meta")
+
+
+def _tensors(module: torch.nn.Module):
+    """Every tensor a module computes with: parameters, buffers (unmerged LoRA terms among them)."""
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+    for name, layer in module.named_modules():
+        for k, (down, up, _) in enumerate(getattr(layer, "low_rank", ())):
+            yield from ((f"{name}.low_rank[{k}].down", down), (f"{name}.low_rank[{k}].up", up))
+
+
+def test_a_streamed_lora_render_places_the_low_rank_terms_with_their_weights(tmp_path):
+    """An fp8 DiT with a LoRA left unmerged, its block 1 streamed: the placed view (on ``meta`` as a stand-in
+    for the GPU) holds nothing on the host, the low-rank terms included; the streamed block's device copy (the
+    same tree copy the CUDA streamer makes) holds nothing on the host either. Before, the terms were a plain
+    attribute and stayed on the host: a device mismatch on every such render on a GPU."""
+    save_file(random_official_state(T2V, seed=3), tmp_path / "dit.safetensors")
+    lora = write_lora(tmp_path / "l.safetensors", random_lora(T2V, block_modules(T2V)))
+    handle = wan_core.apply_loras(wan_core.load_dit(tmp_path / "dit.safetensors", storage_dtype="fp8_e4m3fn"),
+                                  [(lora, 0.8)])
+    plan = MemoryPlan((0,), (1,), False, 1, 1, 0, 0)
+    view = wan_core.RenderContext(device=META, plan=plan).patched(handle)
+    assert isinstance(view.blocks[1], StreamedBlock)
+    terms = [m for m in view.modules() if getattr(m, "low_rank", ())]
+    assert len(terms) >= 8, "the LoRA must stay unmerged over fp8 for this test to mean anything"
+    on_host = [name for name, t in _tensors(view) if t.device != META]
+    assert not on_host, on_host[:5]
+    streamed = _copy_tree(view.blocks[1].streamer.order[0], lambda t: t.to(META))
+    assert any(getattr(m, "low_rank", ()) for m in streamed.modules())
+    assert not [name for name, t in _tensors(streamed) if t.device != META]
+
+
+def test_low_rank_terms_do_not_touch_the_loaded_model_and_compute_as_before(tmp_path):
+    save_file(random_official_state(T2V, seed=3), tmp_path / "dit.safetensors")
+    lora = write_lora(tmp_path / "l.safetensors", random_lora(T2V, block_modules(T2V)))
+    model = wan_core.load_dit(tmp_path / "dit.safetensors", storage_dtype="fp8_e4m3fn")
+    before = {name for name, _ in model.named_buffers()}
+    handle = wan_core.apply_loras(model, [(lora, 0.8)])
+    x, t, context, _, _ = inputs(T2V, batch=1)
+    with torch.no_grad():
+        got = handle(x, t, context)
+        merged = wan_core.apply_loras(wan_core.load_dit(tmp_path / "dit.safetensors"), [(lora, 0.8)])(x, t, context)
+    assert {name for name, _ in model.named_buffers()} == before  # the terms live on the render's view only
+    assert not any(getattr(m, "low_rank_scales", ()) for m in model.modules())
+    assert ((got - merged).norm() / merged.norm()).item() < 0.1  # within the fp8 error (test_lora measures it)
