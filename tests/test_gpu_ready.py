@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from tiny import T2V, inputs, random_official_state
 from tiny_lora import block_modules, random_lora, write_lora
 
 import wan_core
+import wan_core.demo
 from wan_core.runtime.memory_plan import MemoryPlan
 from wan_core.runtime.streaming import StreamedBlock, _copy_tree
 
@@ -58,3 +60,40 @@ def test_low_rank_terms_do_not_touch_the_loaded_model_and_compute_as_before(tmp_
     assert {name for name, _ in model.named_buffers()} == before  # the terms live on the render's view only
     assert not any(getattr(m, "low_rank_scales", ()) for m in model.modules())
     assert ((got - merged).norm() / merged.norm()).item() < 0.1  # within the fp8 error (test_lora measures it)
+
+
+class _FreesOnRequest(wan_core.StandaloneHost):
+    """A device whose memory is held by another model until the host is asked for room (ComfyUI unloading it)."""
+
+    def __init__(self, after: int):
+        super().__init__("cpu")
+        self.after, self.asked = after, []
+
+    def make_room(self, nbytes: int) -> None:
+        self.asked.append(nbytes)
+
+    def free_memory(self) -> int:
+        return self.after if self.asked else 2**20
+
+
+def test_the_fit_check_counts_what_the_host_can_free(tmp_path, monkeypatch):
+    """1 MiB is free until the host makes room; the render needs more. Before, the fit check read the free memory
+    before anyone was asked for room and refused the render; now it asks first, and refuses only when the room
+    made is still too little (naming both sizes, before any noise is drawn)."""
+    import wan_core.runtime.memory as memory
+    import wan_core.sampling.loop as loop
+
+    paths = wan_core.demo.write_demo_models(tmp_path)
+    dit, encoder = wan_core.load_dit(paths["diffusion_models"]), wan_core.load_text_encoder(paths["text_encoders"])
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)  # the device before room is made
+    size = dict(width=256, height=256, frames=17, steps=1, seed=1)
+    host = _FreesOnRequest(after=64 * 2**30)
+    raw = wan_core.text_to_latent(dit, encoder, "a fox", host=host, **size)
+    assert raw.shape == (1, 16, 5, 32, 32) and host.asked
+
+    drawn = []
+    monkeypatch.setattr(loop, "make_noise", lambda *a, **k: drawn.append(1) or torch.zeros(()))
+    refused = r"17-frame 256x256 render .* needs about .* MiB on cpu, but only 1\.0 MiB is available"
+    with pytest.raises(wan_core.InputError, match=refused):
+        wan_core.text_to_latent(dit, encoder, "a fox", host=_FreesOnRequest(after=2**20), **size)
+    assert not drawn

@@ -22,7 +22,7 @@ from .runtime.context import RenderContext
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
 from .runtime.runners import CompiledRunner, ResidentRunner
 from .runtime.streaming import module_bytes
-from .sampling.loop import cfg_branches, check_tensors, sample
+from .sampling.loop import cfg_branches, check_tensors, least_render_bytes, sample
 from .sampling.request import SampleRequest
 from .sampling.resume import ResumeStore
 from .sampling.settings import RenderSettings
@@ -86,13 +86,18 @@ class RenderJob:
             out.update(vace_context=self.vace.context, vace_strength=self.vace.strength)
         return out
 
-    def check(self, device: torch.device) -> None:
-        """Everything about the render that can fail, before the model moves or any noise is drawn."""
+    def check(self, device: torch.device, host: Host | None = None) -> None:
+        """Everything about the render that can fail, before the model moves or any noise is drawn. The memory
+        is checked against the device's free memory, or with a ``host`` against what it has free once asked to
+        make room (inside ComfyUI: other models unloaded) plus what the model itself holds on the device (the
+        render re-places it), so memory others could give up does not refuse a render that fits."""
         model, cond = self.model, self.conditioning()
-        self.settings.check_for(getattr(model, "config", None), self.shape, device,
-                                getattr(model, "compute_dtype", torch.float32))
+        config, dtype = getattr(model, "config", None), getattr(model, "compute_dtype", torch.float32)
+        self.settings.check_for(config, self.shape, device, dtype, None if host is None else UNLIMITED)
         check_tensors(model, self.embeds.positive, self.embeds.negative, self.latent, cond.get("clip_fea"),
                       cond.get("y"), self.shape, cond.get("vace_context"))
+        if host is not None:
+            check_room(host, model, self.settings, self.shape)
 
     def plan(self, device: torch.device, budget: int | None) -> MemoryPlan:
         """The memory plan for ``budget`` bytes (None: the planner's default); a step cache keeps CFG batched."""
@@ -103,7 +108,7 @@ class RenderJob:
         """Render on ``host``; returns the RAW latent ``[B, 16, F', h, w]`` float32 on the CPU (VACE reference
         frames removed)."""
         device = host.compute_device()
-        self.check(device)
+        self.check(device, host)
         note = self.size_note()
         if note is not None:
             host.report(note)
@@ -148,3 +153,24 @@ def _pixels(lat_w: int, lat_h: int, latent_count: int) -> SampleRequest:
 
 def _describe(size: SampleRequest) -> str:
     return f"{size.width}x{size.height}, {size.frames} frames"
+
+
+def check_room(host: Host, model, settings: RenderSettings, latent_shape: tuple[int, ...]) -> None:
+    """The render's memory check against what ``host`` has free once asked to make room for the leanest plan
+    (inside ComfyUI: other models unloaded), plus what ``model`` itself holds on the device (the render re-places
+    it): raises :class:`~wan_core.InputError` naming both sizes when even that is too little."""
+    config, dtype = getattr(model, "config", None), getattr(model, "compute_dtype", torch.float32)
+    if config is None:
+        return
+    device = host.compute_device()
+    host.make_room(least_render_bytes(config, latent_shape, dtype))
+    settings.check_for(config, latent_shape, device, dtype, host.free_memory() + _bytes_on(model, device))
+
+
+def _bytes_on(model, device: torch.device) -> int:
+    """Bytes of ``model``'s weights on ``device`` when that is an accelerator (a CPU's are not given up)."""
+    device = torch.device(device)
+    if device.type == "cpu" or not isinstance(model, torch.nn.Module):
+        return 0
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type == device.type)

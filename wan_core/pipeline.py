@@ -16,10 +16,11 @@ import torch
 from .errors import InputError
 from .host import Host, StandaloneHost, device_of
 from .i2v import check_image, image_conditioning
-from .job import RenderJob
+from .job import RenderJob, check_room
 from .models.dit import WanDiT
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
+from .runtime.memory_plan import UNLIMITED
 from .sampling.request import SampleRequest
 from .sampling.settings import RenderSettings
 from .stages import decode_latent, encode_text
@@ -134,5 +135,6 @@ def _prepare(dit: WanDiT, task: str, request: SampleRequest, prompt, negative, s
     except TypeError as err:  # a keyword that is no setting
         raise InputError(f"{err}; the settings are {', '.join(RenderSettings.__dataclass_fields__)}") from err
     host = host or StandaloneHost(device_of(dit))
-    settings.check_for(dit.config, request.latent_shape(), host.compute_device(), dit.compute_dtype)
+    settings.check_for(dit.config, request.latent_shape(), host.compute_device(), dit.compute_dtype, UNLIMITED)
+    check_room(host, dit, settings, request.latent_shape())  # memory others hold and would free counts
     return settings, host

@@ -67,9 +67,15 @@ def available_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_fits(needed: int, device: torch.device, what: str, fix: str) -> None:
-    """Raise :class:`InputError` (with the estimate and ``fix``) if ``needed`` bytes exceed what ``device`` has."""
-    have = available_bytes(device)
+def check_fits(needed: int, device: torch.device, what: str, fix: str, have: int | None = None) -> None:
+    """Raise :class:`InputError` (with the estimate and ``fix``) if ``needed`` bytes exceed ``have`` (None: what
+    ``device`` has free now)."""
+    have = available_bytes(device) if have is None else have
     if needed > have:
-        raise InputError(f"{what} needs about {needed / 2**30:.1f} GiB on {device}, but only "
-                         f"{have / 2**30:.1f} GiB is available; {fix}")
+        raise InputError(f"{what} needs about {size_text(needed)} on {device}, but only {size_text(have)} is "
+                         f"available; {fix}")
+
+
+def size_text(nbytes: int) -> str:
+    """``nbytes`` for a message: GiB with two decimals, MiB below 0.1 GiB (tiny models, tiny budgets)."""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 // 10 else f"{nbytes / 2**20:.1f} MiB"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from .memory import available_bytes, dit_activation_bytes
+from .memory import available_bytes, dit_activation_bytes, size_text
 from .streaming import module_bytes
 
 FFN_CHUNKS = (1, 4, 16)
@@ -66,11 +66,6 @@ class MemoryPlan:
             parts.append("text keys / values made at each step")
         limit = "no device limit" if self.budget >= UNLIMITED else f"of {size_text(self.budget)}"
         return f"memory plan: {', '.join(parts)}; peak ~{size_text(self.peak)} {limit}"
-
-
-def size_text(nbytes: int) -> str:
-    """``nbytes`` for a message: GiB with two decimals, MiB below 0.1 GiB (tiny models, tiny budgets)."""
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 // 10 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def plan_memory(budget: int, block_bytes: Sequence[int], other_bytes: int,

@@ -20,7 +20,7 @@ from ..latents import denormalize_latents, normalize_latents
 from ..runtime.context import RenderContext
 from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
-from ..runtime.memory_plan import FFN_CHUNKS
+from ..runtime.memory_plan import FFN_CHUNKS, UNLIMITED
 from ..runtime.patches import nonfinite_patches
 from .request import SampleRequest, check_number, check_settings
 from .resume import ResumeFile, ResumeStore, render_identity
@@ -118,12 +118,13 @@ def build_schedule(sampler: str, steps: int, shift: float, denoise: float, dim: 
 
 def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps: int = 50, cfg: float = 5.0,
                  shift: float = 5.0, sampler: str = "unipc", denoise: float = 1.0, negative: bool = True,
-                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32) -> Schedule:
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32,
+                 available: int | None = None) -> Schedule:
     """Every check of a render that needs no tensor: settings, schedule, latent size, and memory.
 
     config: the DiT's config (None for a stand-in model: no size or memory check); latent_shape:
-    ``(B, 16, F', h, w)``. The activation estimate is checked against ``device``'s free memory
-    (the system's available RAM on CPU) before anything is allocated. Returns the schedule.
+    ``(B, 16, F', h, w)``. The activation estimate is checked against ``available`` bytes (None: ``device``'s
+    free memory, the system's available RAM on CPU) before anything is allocated. Returns the schedule.
     """
     check_settings(seed, steps, cfg, shift, denoise)
     schedule = build_schedule(sampler, steps, shift, denoise, config.dim if config is not None else 1536)
@@ -132,15 +133,19 @@ def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps:
                          f"got {tuple(latent_shape)}")
     if config is not None:
         config.check_latent_shape(latent_shape)
-        # the least a memory plan can run it with (CFG one branch at a time, the feed-forward in the most chunks);
-        # the plan itself places the weights and says what it needs (runtime.memory_plan)
-        batch = latent_shape[0]
-        needed = dit_activation_bytes(config.dim, config.ffn_dim, config.tokens(latent_shape), batch, compute_dtype,
-                                      FFN_CHUNKS[-1])
-        _, _, f, h, w = latent_shape
-        check_fits(needed, torch.device(device), f"a {video_frames(f)}-frame {w * VAE_STRIDE[2]}x{h * VAE_STRIDE[1]} "
-                   f"render (batch {batch})", "render fewer frames or a smaller size, or use a device with more memory")
+        batch, _, f, h, w = latent_shape
+        check_fits(least_render_bytes(config, latent_shape, compute_dtype), torch.device(device),
+                   f"a {video_frames(f)}-frame {w * VAE_STRIDE[2]}x{h * VAE_STRIDE[1]} render (batch {batch})",
+                   "render fewer frames or a smaller size, or use a device with more memory", available)
     return schedule
+
+
+def least_render_bytes(config, latent_shape: tuple[int, ...], compute_dtype: torch.dtype = torch.float32) -> int:
+    """The activation bytes the leanest memory plan renders ``latent_shape`` with (CFG one branch at a time, the
+    feed-forward in the most chunks, every block streamed); the plan itself places the weights
+    (runtime.memory_plan)."""
+    return dit_activation_bytes(config.dim, config.ffn_dim, config.tokens(latent_shape), latent_shape[0],
+                                compute_dtype, FFN_CHUNKS[-1])
 
 
 def check_tensors(model, context, negative, latent, clip_fea, y, shape, vace_context=None) -> None:
@@ -209,9 +214,11 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         raise InputError(f"denoise {denoise} < 1 needs a start latent (connect a LATENT from VAE encode)")
     shape = tuple(latent.shape) if latent is not None else (request or SampleRequest()).latent_shape()
     config = getattr(model, "config", None)
+    planned = render.plan is not None  # a render job planned it against what its host has (and can free)
     schedule = check_render(config, shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler,
                             denoise=denoise, negative=negative is not None, device=device,
-                            compute_dtype=render.dtype_for(model) if is_module else torch.float32)
+                            compute_dtype=render.dtype_for(model) if is_module else torch.float32,
+                            available=UNLIMITED if planned else None)
     check_tensors(model, context, negative, latent, clip_fea, y, shape, vace_context)
     context, negative = _broadcast("prompt", context, shape[0]), _broadcast("negative prompt", negative, shape[0])
     clip_fea, y = _broadcast("image conditioning", clip_fea, shape[0]), _broadcast("image conditioning", y, shape[0])

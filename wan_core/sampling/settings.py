@@ -99,10 +99,12 @@ class RenderSettings:
                     denoise=self.denoise)
 
     def check_for(self, config, latent_shape: tuple[int, ...], device: torch.device | str = "cpu",
-                  compute_dtype: torch.dtype = torch.float32):
+                  compute_dtype: torch.dtype = torch.float32, available: int | None = None):
         """Everything these settings mean for a model (its ``config``, None for a stand-in) rendering
-        ``latent_shape`` on ``device``: the schedule, the size and the memory (:func:`~.loop.check_render`)."""
-        return check_render(config, latent_shape, **self.sample_args(), device=device, compute_dtype=compute_dtype)
+        ``latent_shape`` on ``device``: the schedule, the size and the memory against ``available`` bytes (None:
+        the device's free memory now; :func:`~.loop.check_render`)."""
+        return check_render(config, latent_shape, **self.sample_args(), device=device, compute_dtype=compute_dtype,
+                            available=available)
 
     def budget_bytes(self) -> int | None:
         """The memory budget in bytes, or None (automatic)."""
