@@ -42,9 +42,14 @@ def test_sampling_on_cuda_uses_the_cpu_seeded_noise(tmp_path):
     assert _rms_rel(results[1], results[0]) <= 1e-3
 
 
-def test_vae_on_cuda(tmp_path):
+@pytest.mark.parametrize("tf32, tolerance", [(False, 1e-5), (True, 1e-2)])
+def test_vae_on_cuda(tmp_path, monkeypatch, tf32, tolerance):
+    """fp32 on CUDA equals the CPU's to fp32 rounding with TF32 off; with TF32 (cuDNN's default for convolutions
+    on Ampere and newer: 10-bit mantissas) within its coarser error, so neither figure hides the other."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     torch.save(reference_vae().state_dict(), tmp_path / "vae.pth")
     cpu = wan_core.load_vae(tmp_path / "vae.pth")
     gpu = wan_core.load_vae(tmp_path / "vae.pth", compute_dtype=torch.float32, device="cuda")
     z = torch.randn(1, 16, 3, 8, 8)
-    assert _rms_rel(gpu.decode(z.cuda()), cpu.decode(z)) <= 1e-3
+    assert _rms_rel(gpu.decode(z.cuda()), cpu.decode(z)) <= tolerance

@@ -65,13 +65,16 @@ def _render(model, budget: int) -> tuple[MemoryPlan, torch.Tensor]:
 
 @pytest.mark.parametrize("gib", [4, 6, 8])
 def test_real_1_3b_480p_81_frames_stays_within_the_budget(real_1_3b, gib):
+    """Allocated and reserved peaks (what the caching allocator holds, back-pressure on streamed copies
+    included) both stay within the budget."""
     torch.cuda.empty_cache()
-    baseline = torch.cuda.memory_allocated()
+    baseline, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     torch.cuda.reset_peak_memory_stats()
     plan, out = _render(real_1_3b, gib * GIB)
     peak = torch.cuda.max_memory_allocated() - baseline
-    print(f"{gib} GiB: {plan.describe()}; measured peak {peak / GIB:.2f} GiB")
-    assert torch.isfinite(out).all() and peak <= gib * GIB, plan.describe()
+    held = torch.cuda.max_memory_reserved() - reserved
+    print(f"{gib} GiB: {plan.describe()}; measured peak {peak / GIB:.2f} GiB allocated, {held / GIB:.2f} GiB reserved")
+    assert torch.isfinite(out).all() and peak <= gib * GIB and held <= gib * GIB, plan.describe()
 
 
 def test_three_renders_return_to_the_baseline_allocation(real_1_3b):
@@ -81,5 +84,5 @@ def test_three_renders_return_to_the_baseline_allocation(real_1_3b):
     torch.cuda.empty_cache()
     baseline = torch.cuda.memory_allocated()
     for gib in (3, 8, 80):
-        plan, _ = _render(real_1_3b, gib * GIB)
+        plan = _render(real_1_3b, gib * GIB)[0]  # the output latent is not held while the allocation is read
         assert torch.cuda.memory_allocated() == baseline, plan.describe()

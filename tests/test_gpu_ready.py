@@ -97,3 +97,54 @@ def test_the_fit_check_counts_what_the_host_can_free(tmp_path, monkeypatch):
     with pytest.raises(wan_core.InputError, match=refused):
         wan_core.text_to_latent(dit, encoder, "a fox", host=_FreesOnRequest(after=2**20), **size)
     assert not drawn
+
+
+class _GpuTimeline:
+    """A fake CUDA timeline: queued work completes only when the host synchronizes on it (the host thread runs
+    as far ahead of the GPU as it is let), as with PyTorch's caching allocator under a slow GPU."""
+
+    def __init__(self):
+        self.copies_alive = self.peak = 0
+
+    def event(self):
+        timeline = self
+
+        class Event:
+            def record(self, stream):
+                self.done = False
+
+            def synchronize(self):
+                if not self.done:
+                    self.done = True
+                    timeline.copies_alive -= 1  # the compute that used a released copy finished: its memory frees
+
+        return Event()
+
+    def copy(self):
+        self.copies_alive += 1
+        self.peak = max(self.peak, self.copies_alive)
+
+
+@pytest.mark.parametrize("blocks", [3, 10, 40])
+def test_streamed_copies_in_flight_are_bounded_by_the_plan(blocks):
+    """The streamer's order of calls for ``blocks`` streamed blocks with one block of prefetch: acquire(i) starts
+    the copy of i + 1, the block computes (queued), release(i). Without back-pressure every copy is queued before
+    the GPU finishes any compute and all ``blocks`` copies are reserved at once; with the gate at most prefetch
+    + 1 = 2, what the memory plan's staging counts."""
+    from wan_core.runtime.streaming import ReleaseGate
+
+    gpu = _GpuTimeline()
+    gate = ReleaseGate(keep=0, event=gpu.event)
+    started = set()
+
+    def start(i):
+        if i < blocks and i not in started:
+            gate.before_copy()
+            gpu.copy()
+            started.add(i)
+
+    for i in range(blocks):
+        start(i)
+        start(i + 1)  # prefetch 1
+        gate.released(stream=None)  # block i's compute queued, its copy released
+    assert gpu.peak == min(2, blocks)
