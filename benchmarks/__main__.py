@@ -8,7 +8,7 @@ import argparse
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed", "lora",
-                                                 "gguf", "vace", "memory"],
+                                                 "gguf", "vace", "memory", "gpu"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -19,8 +19,14 @@ def main(argv=None) -> None:
                         "demo model on the CPU")
     for name, default in (("width", 832), ("height", 480), ("frames", 81), ("steps", 20)):
         parser.add_argument(f"--{name}", type=int, default=default, help=f"speed on a device (default {default})")
+    parser.add_argument("--out", help="gpu: folder of the report (default gpu_report)")
+    parser.add_argument("--dry-run", action="store_true", help="gpu: list the steps and their time budgets only")
     args = parser.parse_args(argv)
-    if args.what == "dit":
+    if args.what == "gpu":
+        from . import gpu
+
+        gpu.main(args.out, args.dry_run)
+    elif args.what == "dit":
         from . import dit
 
         dit.main(runs=args.runs or 3, impls=tuple(args.impl or dit.IMPLS))
