@@ -148,3 +148,57 @@ def test_streamed_copies_in_flight_are_bounded_by_the_plan(blocks):
         start(i + 1)  # prefetch 1
         gate.released(stream=None)  # block i's compute queued, its copy released
     assert gpu.peak == min(2, blocks)
+
+
+def _fake_package(monkeypatch, module: str, importable: bool):
+    """``module`` found by find_spec; importing it works, or fails as a wheel built for another torch does."""
+    import importlib
+    import importlib.util
+    import types
+
+    real_find, real_import = importlib.util.find_spec, importlib.import_module
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == module else real_find(name, *a))
+
+    def load(name, *a):
+        if name != module:
+            return real_import(name, *a)
+        if not importable:
+            raise ImportError("undefined symbol: _ZN3c104cuda9SetDeviceEi")
+        return types.ModuleType(module)
+
+    monkeypatch.setattr(importlib, "import_module", load)
+
+
+def _fresh_backends(monkeypatch):
+    """The flash / sage backends with a fresh import check (the real ones remember theirs per process)."""
+    from wan_core.runtime import attention
+
+    for name, module, package in (("flash", "flash_attn", "flash-attn"), ("sage", "sageattention", "sageattention")):
+        backend = attention._BACKENDS[name]
+        monkeypatch.setitem(attention._BACKENDS, name,
+                            attention.AttentionBackend(name, backend.attend, attention._missing(module, package)))
+    monkeypatch.setattr(attention, "_WARNED", set())
+    return attention
+
+
+def test_flash_installed_but_not_importable_is_not_picked(monkeypatch):
+    attention = _fresh_backends(monkeypatch)
+    _fake_package(monkeypatch, "flash_attn", importable=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    reason = attention._BACKENDS["flash"].unavailable()
+    assert reason.startswith("flash-attn is installed but cannot be imported (ImportError: undefined symbol")
+    assert attention.get_attention("auto").name in ("sage", "sdpa") and attention.get_attention("flash").name == "sdpa"
+
+
+def test_a_gpu_older_than_the_kernel_gets_sdpa(monkeypatch):
+    attention = _fresh_backends(monkeypatch)
+    _fake_package(monkeypatch, "sageattention", importable=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))  # a T4 / RTX 20xx
+    assert attention._BACKENDS["sage"].unavailable() == ("sageattention needs a GPU of compute capability 8.0 or "
+                                                         "newer; this one is 7.5")
+    assert attention.get_attention("auto").name == "sdpa"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 9))
+    assert attention._BACKENDS["sage"].unavailable() is None and attention.get_attention("auto").name == "sage"

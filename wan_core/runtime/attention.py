@@ -84,13 +84,32 @@ AUTO = "auto"
 _WARNED: set[str] = set()
 
 
+MIN_CAPABILITY = {"flash_attn": (8, 0), "sageattention": (8, 0)}
+"""The oldest CUDA compute capability each kernel package runs on (flash-attn 2 and SageAttention 2: Ampere)."""
+
+
 def _missing(module: str, package: str) -> Callable[[], str | None]:
-    """``unavailable()`` for a CUDA kernel package: why it cannot run, or None."""
+    """``unavailable()`` for a CUDA kernel package: why it cannot run here (not installed, installed but not
+    importable, e.g. built for another torch or CUDA, no GPU, a GPU older than the package supports), or None."""
+    imported: dict[str, str | None] = {}  # the import is tried once per process
+
     def unavailable() -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"the {package} package is not installed (pip install {package})"
+        if module not in imported:
+            try:
+                importlib.import_module(module)
+                imported[module] = None
+            except Exception as err:  # an ABI mismatch raises ImportError, OSError or RuntimeError
+                imported[module] = f"{package} is installed but cannot be imported ({type(err).__name__}: {err})"
+        if imported[module]:
+            return imported[module]
         if not torch.cuda.is_available():
             return f"{package} needs a CUDA GPU"
+        have, need = torch.cuda.get_device_capability(), MIN_CAPABILITY.get(module, (0, 0))
+        if tuple(have) < need:
+            return (f"{package} needs a GPU of compute capability {need[0]}.{need[1]} or newer; this one is "
+                    f"{have[0]}.{have[1]}")
         return None
 
     return unavailable
