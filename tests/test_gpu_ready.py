@@ -202,3 +202,36 @@ def test_a_gpu_older_than_the_kernel_gets_sdpa(monkeypatch):
     assert attention.get_attention("auto").name == "sdpa"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 9))
     assert attention._BACKENDS["sage"].unavailable() is None and attention.get_attention("auto").name == "sage"
+
+
+def _job(model, compile: bool = True):
+    embeds = wan_core.TextEmbeds(torch.zeros(1, 4, T2V.text_dim), None)
+    return wan_core.RenderJob(model, embeds, wan_core.RenderSettings(compile=compile, cfg=1.0))
+
+
+@pytest.mark.parametrize("capability, triton, refused", [
+    ((8, 6), True, "Inductor has no fp8 code for this GPU (compute capability 8.6, fp8 needs 8.9)"),
+    ((9, 0), False, "Inductor needs Triton on a GPU and it is not installed"),
+    ((9, 0), True, None),
+])
+def test_compile_falls_back_to_eager_where_inductor_cannot_compile(tmp_path, monkeypatch, caplog, capability, triton,
+                                                                     refused):
+    """An fp8 model with compile on: below compute capability 8.9 or without Triton the render context runs
+    eagerly with one log line instead of the render failing inside Inductor; elsewhere the blocks compile."""
+    import importlib.util
+    import logging
+
+    from wan_core.runtime.runners import CompiledRunner
+
+    save_file(random_official_state(T2V, seed=3), tmp_path / "dit.safetensors")
+    model = wan_core.load_dit(tmp_path / "dit.safetensors", storage_dtype="fp8_e4m3fn")
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if triton else None) if name == "triton" else real_find(name, *a))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    plan = MemoryPlan((0, 1), (), False, 1, 0, 0, 0)
+    with caplog.at_level(logging.WARNING):
+        render = _job(model).render(torch.device("cuda"), plan, None)
+    assert isinstance(render.runner, CompiledRunner) == (refused is None)
+    lines = [r.getMessage() for r in caplog.records if "compile is off" in r.getMessage()]
+    assert lines == ([] if refused is None else [lines[0]]) and (refused is None or refused in lines[0])

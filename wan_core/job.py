@@ -11,6 +11,7 @@ models of this one path.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,13 +21,15 @@ from .constants import VAE_STRIDE, video_frames
 from .host import Host
 from .runtime.context import RenderContext
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
-from .runtime.runners import CompiledRunner, ResidentRunner
+from .runtime.runners import CompiledRunner, ResidentRunner, compile_unavailable
 from .runtime.streaming import module_bytes
 from .sampling.loop import cfg_branches, check_tensors, least_render_bytes, sample
 from .sampling.request import SampleRequest
 from .sampling.resume import ResumeStore
 from .sampling.settings import RenderSettings
 from .vace import VaceEmbeds
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,12 @@ class RenderJob:
             _, _, _, h, w = self.shape
             runner = settings.cache.runner(settings.steps, cfg_branches(self.embeds.negative, settings.cfg),
                                            config.model_type, config.dim, h * VAE_STRIDE[1] * w * VAE_STRIDE[2])
+        refused = compile_unavailable(self.model, device) if settings.compile else None
+        if refused:
+            log.warning("compile is off for this render, which runs eagerly: %s", refused)
+        compiled = settings.compile and not refused
         return RenderContext(device=device, attention=settings.attention, plan=plan, replan=replan,
-                             runner=CompiledRunner(runner) if settings.compile else runner)
+                             runner=CompiledRunner(runner) if compiled else runner)
 
 
 def _pixels(lat_w: int, lat_h: int, latent_count: int) -> SampleRequest:

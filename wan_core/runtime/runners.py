@@ -9,6 +9,7 @@ blocks themselves. The model hands its blocks over; the render context chooses t
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -84,3 +85,23 @@ class CompiledRunner:
             compile_fn = functools.partial(torch.compile, fullgraph=True, mode=self.mode)
             self._compiled[id(block)] = block.compiled(compile_fn) if hasattr(block, "compiled") else compile_fn(block)
         return self._compiled[id(block)]
+
+
+FP8_COMPILE_CAPABILITY = (8, 9)
+"""Inductor generates fp8 code only for GPUs with fp8 support (Ada, Hopper and newer)."""
+
+
+def compile_unavailable(model: nn.Module, device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot compile ``model``'s blocks on ``device`` (no Triton for a GPU, fp8 weights on a
+    GPU older than compute capability 8.9), or None: the render then runs eagerly instead of failing."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    if importlib.util.find_spec("triton") is None:
+        return "Inductor needs Triton on a GPU and it is not installed (common on Windows: pip install triton-windows)"
+    fp8 = any(p.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for p in model.parameters())
+    have = tuple(torch.cuda.get_device_capability(device))
+    if fp8 and have < FP8_COMPILE_CAPABILITY:
+        return (f"Inductor has no fp8 code for this GPU (compute capability {have[0]}.{have[1]}, fp8 needs "
+                f"{FP8_COMPILE_CAPABILITY[0]}.{FP8_COMPILE_CAPABILITY[1]}); store the model as bf16 / fp16 to compile")
+    return None
