@@ -10,6 +10,8 @@ from ..wan_core import DTYPES, apply_loras, default_compute_dtype, load_dit, loa
 from . import host
 
 WEIGHT_DTYPES = list(DTYPES)
+COMPUTE_CHOICES = {"default": None, "bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "fp32": DTYPES["fp32"]}
+"""The model loader's compute dtype choices (default: the compute device's, see default_compute_dtype)."""
 COMPUTE_STORED_DTYPES = ["default", "bf16", "fp16", "fp32"]  # networks that compute in their stored dtype
 _DTYPE_TIP = ("Storage precision of the weights. 'default' keeps the file's. fp8 halves memory again at a small "
               "quality cost; compute always runs in bf16 on GPU and fp32 on CPU.")
@@ -32,10 +34,17 @@ class WanCoreModelLoader:
             "model_name": (host.list_models("diffusion_models"),
                            {"tooltip": "Wan2.1 DiT file in models/diffusion_models (.safetensors, .pth or .gguf)."}),
             "weight_dtype": (WEIGHT_DTYPES, {"default": "default", "tooltip": _DTYPE_TIP}),
+        }, "optional": {
+            "compute_dtype": (list(COMPUTE_CHOICES), {"default": "default", "tooltip": "The dtype of the matrix "
+                              "products. default: bf16 on recent GPUs, fp16 on GPUs older than RTX 30xx / A100 "
+                              "(T4, V100, RTX 20xx), fp32 on the CPU. fp16 is faster on old GPUs, fp32 exact."}),
         }}
 
-    def load(self, model_name, weight_dtype):
-        return (load_dit(host.model_path("diffusion_models", model_name), **placement("dit", weight_dtype)),)
+    def load(self, model_name, weight_dtype, compute_dtype="default"):
+        where = placement("dit", weight_dtype)
+        if COMPUTE_CHOICES.get(compute_dtype) is not None:
+            where["compute_dtype"] = COMPUTE_CHOICES[compute_dtype]
+        return (load_dit(host.model_path("diffusion_models", model_name), **where),)
 
 
 class WanCoreLoraLoader:

@@ -235,3 +235,31 @@ def test_compile_falls_back_to_eager_where_inductor_cannot_compile(tmp_path, mon
     assert isinstance(render.runner, CompiledRunner) == (refused is None)
     lines = [r.getMessage() for r in caplog.records if "compile is off" in r.getMessage()]
     assert lines == ([] if refused is None else [lines[0]]) and (refused is None or refused in lines[0])
+
+
+@pytest.mark.parametrize("capability, dit, text, vae, clip", [
+    ((7, 5), torch.float16, torch.float32, torch.float32, torch.float16),  # T4 / RTX 20xx: no fast bf16
+    ((7, 0), torch.float16, torch.float32, torch.float32, torch.float16),  # V100
+    ((8, 0), torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.float16),  # A100 and newer: as before
+])
+def test_pre_ampere_gpus_compute_in_fp16_by_default(monkeypatch, capability, dit, text, vae, clip):
+    from wan_core.runtime.placement import default_compute_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    got = [default_compute_dtype(n, "cuda") for n in ("dit", "text_encoder", "vae", "clip_vision")]
+    assert got == [dit, text, vae, clip]
+    assert default_compute_dtype("dit", "cpu") == torch.float32
+
+
+def test_the_model_loader_takes_a_compute_dtype(tmp_path, monkeypatch):
+    from workflow_runner import load_pack
+
+    from wan_core.demo import DEMO_FILES
+
+    wan_core.demo.write_demo_models(tmp_path)
+    monkeypatch.setenv("WANCORE_MODELS", str(tmp_path))
+    loader = load_pack().NODE_CLASS_MAPPINGS["WanCoreModelLoader"]
+    assert loader.INPUT_TYPES()["optional"]["compute_dtype"][0] == ["default", "bf16", "fp16", "fp32"]
+    assert loader().load(DEMO_FILES["diffusion_models"], "default", "fp16")[0].compute_dtype == torch.float16
+    assert loader().load(DEMO_FILES["diffusion_models"], "default")[0].compute_dtype == torch.float32  # the CPU's

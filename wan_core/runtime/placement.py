@@ -43,10 +43,21 @@ class Placement:
     compute_dtype: torch.dtype  # dtype of the matrix products
 
 
+BF16_CAPABILITY = (8, 0)
+"""CUDA GPUs older than Ampere (RTX 20xx, GTX 16xx, T4, V100) emulate bf16 and have no memory-efficient SDPA
+kernel for it."""
+
+
 def default_compute_dtype(network: str, device: torch.device | str) -> torch.dtype:
-    """fp32 on CPU; on an accelerator bf16, or fp16 for CLIP (the official CLIP dtype)."""
-    if torch.device(device).type == "cpu":
+    """fp32 on CPU; on an accelerator bf16, or fp16 for CLIP (the official CLIP dtype). On a CUDA GPU older than
+    Ampere: fp16 for the DiT (its residual stream stays fp32) and CLIP, fp32 for the text encoder and the VAE
+    (UMT5 and the VAE overflow fp16; both run once per render)."""
+    device = torch.device(device)
+    if device.type == "cpu":
         return torch.float32
+    if device.type == "cuda" and torch.cuda.is_available() and \
+            tuple(torch.cuda.get_device_capability(device)) < BF16_CAPABILITY:
+        return torch.float16 if network in ("dit", "clip_vision") else torch.float32
     return torch.float16 if network == "clip_vision" else torch.bfloat16
 
 
