@@ -263,3 +263,34 @@ def test_the_model_loader_takes_a_compute_dtype(tmp_path, monkeypatch):
     assert loader.INPUT_TYPES()["optional"]["compute_dtype"][0] == ["default", "bf16", "fp16", "fp32"]
     assert loader().load(DEMO_FILES["diffusion_models"], "default", "fp16")[0].compute_dtype == torch.float16
     assert loader().load(DEMO_FILES["diffusion_models"], "default")[0].compute_dtype == torch.float32  # the CPU's
+
+
+def test_the_oom_decode_fallback_lets_go_of_the_failed_attempt_before_measuring(tmp_path, monkeypatch):
+    """The failed one-piece decode's tensors (held by its exception's traceback) are gone when the fallback reads
+    the free memory to size its tiles; before, the kept exception held them through the whole fallback."""
+    import gc
+    import weakref
+
+    import wan_core.models.vae_tiling as tiling
+
+    vae = wan_core.load_vae(wan_core.demo.write_demo_models(tmp_path)["vae"])
+    decode, held = vae.decode, []
+
+    def whole_fails(latent, **kwargs):
+        if latent.shape[-1] > 8:
+            activations = torch.empty(1 << 20)  # what the attempt had allocated when it ran out
+            held.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return decode(latent, **kwargs)
+
+    alive_when_measured = []
+
+    def measure(device):
+        gc.collect()
+        alive_when_measured.append(held[0]() is not None)
+        return 60 * 2**20
+
+    monkeypatch.setattr(vae, "decode", whole_fails)
+    monkeypatch.setattr(tiling, "available_bytes", measure)
+    wan_core.decode_with_fallback(vae, torch.randn(1, 16, 2, 12, 16))
+    assert alive_when_measured == [False]

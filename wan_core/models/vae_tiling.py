@@ -170,7 +170,9 @@ def decode_with_fallback(vae: WanVAE, z: torch.Tensor, interrupt: Callable[[], b
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
             raise
-        failure = err
+        failure = str(err)  # the text only: the exception's traceback holds the failed attempt's tensors
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what the failed attempt held goes back before the free memory is measured
     h, w = z.shape[-2:]
     budget = int(available_bytes(vae.conv2.weight.device) * 0.8)
     tile = tile_for_budget(vae, budget, h, w, vae.compute_dtype, FALLBACK_OVERLAP)
@@ -186,4 +188,4 @@ def decode_with_fallback(vae: WanVAE, z: torch.Tensor, interrupt: Callable[[], b
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err) or tile <= MIN_FALLBACK_TILE:
                 raise
-            failure, tile = err, max(MIN_FALLBACK_TILE, tile // 2)
+            failure, tile = str(err), max(MIN_FALLBACK_TILE, tile // 2)
