@@ -123,7 +123,13 @@ def compute_device() -> torch.device:
 
 
 def offload_device() -> torch.device:
-    return _mm.unet_offload_device() if IN_COMFYUI else torch.device("cpu")
+    """Where our models wait between stages: host memory. ComfyUI's offload device is the GPU under
+    ``--gpu-only`` / ``--highvram``; our weights still load to host memory there, so that the memory plan (which
+    keeps on the GPU whatever fits) decides placement, not the load."""
+    if not IN_COMFYUI:
+        return torch.device("cpu")
+    device = torch.device(_mm.unet_offload_device())
+    return torch.device("cpu") if device.type != "cpu" else device
 
 
 def free_memory(device: torch.device) -> int:

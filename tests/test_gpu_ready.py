@@ -294,3 +294,19 @@ def test_the_oom_decode_fallback_lets_go_of_the_failed_attempt_before_measuring(
     monkeypatch.setattr(tiling, "available_bytes", measure)
     wan_core.decode_with_fallback(vae, torch.randn(1, 16, 2, 12, 16))
     assert alive_when_measured == [False]
+
+
+def test_gpu_only_comfyui_still_loads_our_weights_to_host_memory(monkeypatch):
+    """Under ``--gpu-only`` / ``--highvram`` ComfyUI's offload device is the GPU; loading our models there would put
+    a 14B DiT whole on the GPU before the memory plan could stream it."""
+    import types
+
+    from workflow_runner import load_pack
+
+    node_host = load_pack().nodes.host
+    monkeypatch.setattr(node_host, "IN_COMFYUI", True)
+    monkeypatch.setattr(node_host, "_mm", types.SimpleNamespace(unet_offload_device=lambda: torch.device("cuda", 0),
+                                                                get_torch_device=lambda: torch.device("cuda", 0)))
+    assert node_host.offload_device() == torch.device("cpu")
+    monkeypatch.setattr(node_host._mm, "unet_offload_device", lambda: torch.device("cpu"))
+    assert node_host.offload_device() == torch.device("cpu")
