@@ -153,11 +153,19 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _weights_bytes(model) -> int:
+    """Bytes of a model's weights: an ``nn.Module``'s, or the module a wrapper (the text encoder) holds."""
+    module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
+    return module_bytes(module) if isinstance(module, torch.nn.Module) else 0
+
+
 @contextmanager
 def on_compute_device(*models):
-    """Move ``models`` (anything with ``.to``) to the compute device for the block, then back to the
-    offload device and free cached memory, also when the block fails or is interrupted."""
+    """Move ``models`` (anything with ``.to``) to the compute device for the block, after asking ComfyUI's model
+    manager for room for their weights (a DiT it holds from the last run leaves the device first), then back to
+    the offload device and free cached memory, also when the block fails or is interrupted."""
     device = compute_device()
+    make_room(device, sum(_weights_bytes(model) for model in models))
     for model in models:
         model.to(device)
     try:

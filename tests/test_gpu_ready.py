@@ -310,3 +310,35 @@ def test_gpu_only_comfyui_still_loads_our_weights_to_host_memory(monkeypatch):
     assert node_host.offload_device() == torch.device("cpu")
     monkeypatch.setattr(node_host._mm, "unet_offload_device", lambda: torch.device("cpu"))
     assert node_host.offload_device() == torch.device("cpu")
+
+
+def test_conditioning_nodes_ask_comfyui_for_room_before_placing_clip_and_the_vae(monkeypatch):
+    """The Image To Video / VACE nodes place CLIP and the VAE through ``on_compute_device``: inside ComfyUI it now
+    asks the model manager to free their weights' bytes first (before, they were moved onto a GPU still holding
+    the DiT of the last run) and they leave the device after the block."""
+    import types
+
+    from workflow_runner import load_pack
+
+    node_host = load_pack().nodes.host
+    asked, moves = [], []
+
+    class Placed(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(n), requires_grad=False)
+
+        def to(self, device):
+            moves.append((self.weight.numel(), torch.device(device).type))
+            return self
+
+    mm = types.SimpleNamespace(get_torch_device=lambda: torch.device("cuda", 0),
+                               unet_offload_device=lambda: torch.device("cpu"), extra_reserved_memory=lambda: 100,
+                               free_memory=lambda n, device, keep_loaded: asked.append((n, moves[:])),
+                               soft_empty_cache=lambda: None)
+    monkeypatch.setattr(node_host, "IN_COMFYUI", True)
+    monkeypatch.setattr(node_host, "_mm", mm)
+    with node_host.on_compute_device(Placed(1000), Placed(24)):
+        pass
+    assert asked == [(1024 * 4 + 100, [])]  # room for both, asked before either moved
+    assert moves == [(1000, "cuda"), (24, "cuda"), (1000, "cpu"), (24, "cpu")]
