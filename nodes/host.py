@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..wan_core import RenderInterrupted, available_bytes, latent_preview, module_bytes, preview_side
+from ..wan_core.host import log_progress
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm
@@ -367,9 +368,7 @@ def stage_count(stage: str):
     def count(done: int, total: int) -> None:
         nonlocal bar
         if not IN_COMFYUI:
-            if done == total:
-                log.info("%s: %d/%d done", stage, done, total)
-            return
+            return log_progress(log, stage, done, total)
         bar = bar or _utils.ProgressBar(total)
         bar.update_absolute(done, total)  # a fallback starting over may bring another total
 

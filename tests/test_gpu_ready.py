@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import types
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -99,55 +102,54 @@ def test_the_fit_check_counts_what_the_host_can_free(tmp_path, monkeypatch):
     assert not drawn
 
 
-class _GpuTimeline:
-    """A fake CUDA timeline: queued work completes only when the host synchronizes on it (the host thread runs
-    as far ahead of the GPU as it is let), as with PyTorch's caching allocator under a slow GPU."""
+class _FakeCuda:
+    """Just enough of torch.cuda for the block streamer, on a timeline where queued GPU work completes only when the
+    host synchronizes on it (the host thread runs as far ahead of the GPU as it is let). Counts the block copies
+    whose memory the caching allocator still holds: made, and not yet freed by the end of the compute that
+    used them."""
 
-    def __init__(self):
-        self.copies_alive = self.peak = 0
-
-    def event(self):
-        timeline = self
+    def __init__(self, monkeypatch):
+        self.alive = self.peak = 0
+        fake = self
+        self.main = types.SimpleNamespace(wait_event=lambda event: None)
 
         class Event:
             def record(self, stream):
-                self.done = False
+                self.release, self.done = stream is fake.main, False
 
             def synchronize(self):
-                if not self.done:
-                    self.done = True
-                    timeline.copies_alive -= 1  # the compute that used a released copy finished: its memory frees
+                if self.release and not self.done:
+                    fake.alive -= 1  # this release and, in stream order, every earlier one
+                self.done = True
 
-        return Event()
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: self.main)
+        monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)
+        monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
 
-    def copy(self):
-        self.copies_alive += 1
-        self.peak = max(self.peak, self.copies_alive)
+    def copied(self):
+        self.alive += 1
+        self.peak = max(self.peak, self.alive)
 
 
 @pytest.mark.parametrize("blocks", [3, 10, 40])
-def test_streamed_copies_in_flight_are_bounded_by_the_plan(blocks):
-    """The streamer's order of calls for ``blocks`` streamed blocks with one block of prefetch: acquire(i) starts
-    the copy of i + 1, the block computes (queued), release(i). Without back-pressure every copy is queued before
-    the GPU finishes any compute and all ``blocks`` copies are reserved at once; with the gate at most prefetch
-    + 1 = 2, what the memory plan's staging counts."""
-    from wan_core.runtime.streaming import ReleaseGate
+def test_streamed_copies_in_flight_are_bounded_by_the_plan(blocks, monkeypatch):
+    """The real streamer, driven as a streamed render drives it (acquire block i, which starts the copy of i + 1,
+    queue its compute, release it), on a GPU that lags the host. Without back-pressure every copy was queued
+    before any compute finished, so all ``blocks`` copies were held at once; now at most prefetch + 1 = 2,
+    what the memory plan's staging counts."""
+    import wan_core.runtime.streaming as streaming
 
-    gpu = _GpuTimeline()
-    gate = ReleaseGate(keep=0, event=gpu.event)
-    started = set()
-
-    def start(i):
-        if i < blocks and i not in started:
-            gate.before_copy()
-            gpu.copy()
-            started.add(i)
-
+    cuda = _FakeCuda(monkeypatch)
+    copy_tree = streaming._copy_tree
+    monkeypatch.setattr(streaming, "_copy_tree", lambda *a, **k: (cuda.copied(), copy_tree(*a, **k))[1])
+    streamer = streaming.BlockStreamer("cpu", [torch.nn.Linear(4, 4) for _ in range(blocks)], prefetch=1)
+    streamer.cuda, streamer._stream = True, object()  # the CUDA path, on the fake runtime
     for i in range(blocks):
-        start(i)
-        start(i + 1)  # prefetch 1
-        gate.released(stream=None)  # block i's compute queued, its copy released
-    assert gpu.peak == min(2, blocks)
+        streamer.acquire(i)
+        streamer.release(i)
+    assert cuda.peak == min(2, blocks)
 
 
 def _fake_package(monkeypatch, module: str, importable: bool):

@@ -78,6 +78,14 @@ class Host(Protocol):
         """A status line for the user."""
 
 
+def log_progress(logger: logging.Logger, stage: str, done: int, total: int) -> None:
+    """Progress without a display: a line per sampling step, one at the end of any other stage."""
+    if stage == "sampling":
+        logger.info("step %d/%d", done, total)
+    elif done == total:
+        logger.info("%s: %d/%d done", stage, done, total)
+
+
 def device_of(model) -> torch.device:
     """Where ``model``'s weights are (an ``nn.Module``, or anything with a ``device``)."""
     device = getattr(model, "device", None)
@@ -146,10 +154,7 @@ class StandaloneHost:
         return lambda done, total: self._on_progress(stage, done, total)
 
     def _log_progress(self, stage: str, done: int, total: int) -> None:
-        if stage == "sampling":
-            self._log.info("step %d/%d", done, total)
-        elif done == total:
-            self._log.info("%s: %d/%d done", stage, done, total)
+        log_progress(self._log, stage, done, total)
 
     @contextmanager
     def cancellable(self) -> Iterator[Callable[[], bool] | None]:

@@ -9,6 +9,7 @@ ggml dimensions reversed (ggml lists the fastest-varying first).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections import Counter
@@ -95,9 +96,7 @@ def read_gguf(path: str | os.PathLike) -> dict[str, QuantizedTensor]:
 def stored_bytes(qtype: str, shape: tuple[int, ...]) -> int | None:
     """Bytes a ``shape`` tensor of format ``qtype`` occupies, or None when the shape cannot be stored in it
     (a block format needs each row, the last dimension, to be a whole number of blocks)."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     if qtype in PLAIN:
         return count * PLAIN[qtype].itemsize
     values, size = BLOCKS[qtype]

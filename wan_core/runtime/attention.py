@@ -10,6 +10,7 @@ that can run.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Callable
@@ -91,19 +92,19 @@ MIN_CAPABILITY = {"flash_attn": (8, 0), "sageattention": (8, 0)}
 def _missing(module: str, package: str) -> Callable[[], str | None]:
     """``unavailable()`` for a CUDA kernel package: why it cannot run here (not installed, installed but not
     importable, e.g. built for another torch or CUDA, no GPU, a GPU older than the package supports), or None."""
-    imported: dict[str, str | None] = {}  # the import is tried once per process
+    @functools.cache  # the import is tried once per process
+    def import_error() -> str | None:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # an ABI mismatch raises ImportError, OSError or RuntimeError
+            return f"{package} is installed but cannot be imported ({type(err).__name__}: {err})"
+        return None
 
     def unavailable() -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"the {package} package is not installed (pip install {package})"
-        if module not in imported:
-            try:
-                importlib.import_module(module)
-                imported[module] = None
-            except Exception as err:  # an ABI mismatch raises ImportError, OSError or RuntimeError
-                imported[module] = f"{package} is installed but cannot be imported ({type(err).__name__}: {err})"
-        if imported[module]:
-            return imported[module]
+        if import_error():
+            return import_error()
         if not torch.cuda.is_available():
             return f"{package} needs a CUDA GPU"
         have, need = torch.cuda.get_device_capability(), MIN_CAPABILITY.get(module, (0, 0))

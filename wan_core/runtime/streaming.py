@@ -16,7 +16,6 @@ The streamer counts the bytes it has placed on the device (resident + in flight)
 from __future__ import annotations
 
 import copy
-from collections import deque
 from collections.abc import Iterable
 
 import torch
@@ -44,41 +43,22 @@ def _copy_tree(module: nn.Module, convert, kept: dict[str, nn.Module] | None = N
     return twin
 
 
-class ReleaseGate:
-    """Back-pressure for block copies: the host thread queues GPU work far ahead of the GPU, so without a bound
-    it would queue a copy of nearly every streamed block before the first one computed, and the caching
-    allocator (which frees a released copy only when the compute that used it is done) would reserve memory for
-    them all. Each release records an event on the compute stream; before a new copy is allocated the host
-    waits for all but the newest ``keep`` of them, so at most ``keep`` released copies await their compute."""
-
-    def __init__(self, keep: int, event=None):
-        self.keep = keep
-        self._event = event or (lambda: torch.cuda.Event())
-        self._pending: deque = deque()
-
-    def released(self, stream) -> None:
-        """A block copy was released after its compute was queued on ``stream``."""
-        event = self._event()
-        event.record(stream)
-        self._pending.append(event)
-
-    def before_copy(self) -> None:
-        """Wait (on the host) until at most ``keep`` released copies still await their compute."""
-        while len(self._pending) > self.keep:
-            self._pending.popleft().synchronize()
-
-
 class BlockStreamer:
-    """Copies streamed blocks' weights to ``device`` ahead of use and counts the bytes placed there. On a GPU the
-    copy of block i + prefetch starts once block i - 1 has computed (:class:`ReleaseGate`): at most ``prefetch``
-    + 1 block copies exist at a time, the staging the memory plan counts, and the copy still overlaps block i."""
+    """Copies streamed blocks' weights to ``device`` ahead of use and counts the bytes placed there.
+
+    Back-pressure on a GPU: the host thread queues work far ahead of the GPU, and the caching allocator frees a
+    released copy only once the compute that used it is done, so unbounded it would reserve memory for nearly
+    every streamed block at once. Each release records an event on the compute stream, and the host waits for
+    the newest one before allocating the next copy: the copy of block i + prefetch starts once block i - 1 has
+    computed, so at most ``prefetch`` + 1 block copies exist (the staging the memory plan counts) and the copy
+    still overlaps block i."""
 
     def __init__(self, device: torch.device, order: list[nn.Module], prefetch: int = 1):
         self.device, self.prefetch, self.order = torch.device(device), prefetch, order
         self.cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self.cuda else None
         self._ready: dict[int, tuple[nn.Module, object, int]] = {}  # index -> (device block, event, bytes)
-        self._gate = ReleaseGate(keep=0) if self.cuda else None
+        self._released = None  # the event of the last release on the compute stream (events complete in order)
         self.placed = self.peak = 0
 
     def add_resident(self, nbytes: int) -> None:
@@ -98,7 +78,8 @@ class BlockStreamer:
         if not self.cuda:
             self._ready[index] = (host, None, nbytes)
             return
-        self._gate.before_copy()
+        if self._released is not None:
+            self._released.synchronize()  # block i - 1 has computed: its copy's memory is free again
         with torch.cuda.stream(self._stream):
             def to_device(t: torch.Tensor) -> torch.Tensor:
                 host_side = t.device.type == "cpu" and not t.is_pinned()
@@ -127,7 +108,8 @@ class BlockStreamer:
             main = torch.cuda.current_stream(self.device)
             for t in [*block.parameters(), *block.buffers()]:
                 t.record_stream(main)
-            self._gate.released(main)
+            self._released = torch.cuda.Event()
+            self._released.record(main)
         self.placed -= nbytes
 
 
