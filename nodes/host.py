@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..wan_core import RenderInterrupted, available_bytes, latent_preview, module_bytes, preview_side
-from ..wan_core.host import log_progress
+from ..wan_core import RenderInterrupted, available_bytes, latent_preview, log_progress, module_bytes, preview_side
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm

@@ -27,7 +27,7 @@ from .constants import (
     video_frames,
 )
 from .errors import CheckpointError, InputError, OutputError, RenderError, RenderInterrupted, WanCoreError
-from .host import Host, StandaloneHost, device_of
+from .host import Host, StandaloneHost, device_of, log_progress
 from .i2v import image_conditioning, size_for_area
 from .job import RenderJob
 from .latents import denormalize_latents, latent_preview, normalize_latents, preview_side
@@ -111,7 +111,7 @@ __all__ = [
     "text_to_video", "image_to_latent", "text_to_latent", "check_task", "vace_to_latent", "vace_to_video",
     "VaceEmbeds", "vace_conditioning", "vace_request", "extension_source", "outpaint_source",
     # one render path: settings, job, host, the stages around the sampler
-    "RenderSettings", "setting_help", "RenderJob", "Host", "StandaloneHost", "device_of", "encode_text",
+    "RenderSettings", "setting_help", "RenderJob", "Host", "StandaloneHost", "device_of", "log_progress", "encode_text",
     "decode_latent", "encode_video", "vae_tile", "TILINGS",
     # constants and checks
     "LATENT_MEAN", "LATENT_STD", "NEGATIVE_PROMPT", "PIXEL_MULTIPLE", "VAE_STRIDE", "check_frame_count",
