@@ -262,9 +262,13 @@ def test_the_model_loader_takes_a_compute_dtype(tmp_path, monkeypatch):
     wan_core.demo.write_demo_models(tmp_path)
     monkeypatch.setenv("WANCORE_MODELS", str(tmp_path))
     loader = load_pack().NODE_CLASS_MAPPINGS["WanCoreModelLoader"]
-    assert loader.INPUT_TYPES()["optional"]["compute_dtype"][0] == ["default", "bf16", "fp16", "fp32"]
+    assert loader.INPUT_TYPES()["optional"]["compute_dtype"][0] == ["default", "bf16", "fp16", "fp32", "fp8"]
     assert loader().load(DEMO_FILES["diffusion_models"], "default", "fp16")[0].compute_dtype == torch.float16
-    assert loader().load(DEMO_FILES["diffusion_models"], "default")[0].compute_dtype == torch.float32  # the CPU's
+    default = loader().load(DEMO_FILES["diffusion_models"], "default")[0]
+    assert default.compute_dtype == torch.float32 and not default.fp8_matmul  # the CPU's
+    fp8 = loader().load(DEMO_FILES["diffusion_models"], "default", "fp8")[0]  # the native nodes' fp8_e4m3fn_fast
+    assert fp8.fp8_matmul and fp8.compute_dtype == torch.float32
+    assert fp8.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
 
 
 def test_the_oom_decode_fallback_lets_go_of_the_failed_attempt_before_measuring(tmp_path, monkeypatch):

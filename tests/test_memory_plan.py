@@ -267,13 +267,14 @@ def _fused_attention(q, k, v):
     return q.new_empty(b, length, heads * d)
 
 
-@pytest.mark.parametrize("name, dtype, size, batch, chunks", [
-    ("t2v-14B", torch.float8_e4m3fn, (1280, 720), 1, 1), ("t2v-14B", torch.float8_e4m3fn, (1280, 720), 1, 16),
-    ("t2v-1.3B", torch.bfloat16, (832, 480), 2, 1), ("t2v-1.3B", torch.bfloat16, (832, 480), 1, 4)])
-def test_the_activation_estimate_covers_the_forward_it_plans(name, dtype, size, batch, chunks):
+@pytest.mark.parametrize("name, dtype, size, batch, chunks, fp8_matmul", [
+    *[("t2v-14B", torch.float8_e4m3fn, (1280, 720), 1, chunks, fp8) for fp8 in (False, True) for chunks in (1, 16)],
+    ("t2v-1.3B", torch.bfloat16, (832, 480), 2, 1, False), ("t2v-1.3B", torch.bfloat16, (832, 480), 1, 4, False)])
+def test_the_activation_estimate_covers_the_forward_it_plans(name, dtype, size, batch, chunks, fp8_matmul):
     """The estimate the planner uses is checked against the tensors our forward really holds at once: the real
     configs at real sizes run on ``meta`` with every live storage counted (tests/live_bytes.py). It must cover
-    the measured peak (a plan that undercounts runs out of memory) without wasting more than a quarter."""
+    the measured peak (a plan that undercounts runs out of memory) without wasting more than a quarter; fp8
+    matrix products (their quantized inputs instead of the cast weights) fit the same estimate."""
     from live_bytes import LiveBytes
 
     from wan_core.runtime.attention import _BACKENDS, AttentionBackend
@@ -285,13 +286,15 @@ def test_the_activation_estimate_covers_the_forward_it_plans(name, dtype, size, 
         shape = (batch, *wan_core.SampleRequest(*size, 81).latent_shape()[1:])
         x, t, context = torch.randn(shape), torch.full((batch,), 500.0), torch.randn(batch, 512, 4096)
     model.rope_cos, model.rope_sin = model.rope_cos.to("meta"), model.rope_sin.to("meta")
-    render = wan_core.RenderContext(attention="fused_probe", plan=MemoryPlan((), (), False, chunks, 0, 0, 0, False))
+    render = wan_core.RenderContext(attention="fused_probe", plan=MemoryPlan((), (), False, chunks, 0, 0, 0, False),
+                                    fp8_matmul=fp8_matmul)
     held = [*model.parameters(), *model.buffers(), x, t, context]
     with torch.no_grad(), torch.device("meta"), LiveBytes(held) as live:
         model(x, t, context, render=render)
     cfg = model.config
     estimate = dit_activation_bytes(cfg.dim, cfg.ffn_dim, cfg.tokens(shape), batch, torch.bfloat16, chunks)
-    print(f"{name} {size} x{batch}, {chunks} chunks: live {live.peak / GIB:.2f} GiB, estimate {estimate / GIB:.2f}")
+    print(f"{name} {size} x{batch}, {chunks} chunks, fp8 products {fp8_matmul}: live {live.peak / GIB:.2f} GiB, "
+          f"estimate {estimate / GIB:.2f}")
     assert live.peak <= estimate <= 1.25 * live.peak, (live.peak / GIB, estimate / GIB)
 
 

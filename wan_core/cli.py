@@ -133,8 +133,10 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                           "(repeatable: the LoRAs add up)")
     t2v.add_argument("--keep-latent", action="store_true",
                      help="also save the raw latent as <out>.latent.safetensors (always done when decoding fails)")
-    t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16"],
-                     help="dtype of the matrix products (default: fp32 on CPU, bf16 on CUDA, fp16 for CLIP)")
+    t2v.add_argument("--compute-dtype", choices=["fp32", "bf16", "fp16", "fp8"],
+                     help="dtype of the matrix products (default: fp32 on CPU, bf16 on CUDA, fp16 for CLIP); fp8: "
+                          "the diffusion model's blocks multiply fp8 weights in fp8 on GPUs with fp8 tensor cores "
+                          "(RTX 40xx, L4, L40, H100; its weights are stored in fp8), bf16 around them")
 
 
 def _format_for(path: Path) -> str:
@@ -178,12 +180,13 @@ def _load_models(args: argparse.Namespace, plan: _Plan) -> tuple:
     the render device's dtype (bf16 on CUDA unless told); the VAE and CLIP are stored in it on the device."""
     from . import apply_loras, default_compute_dtype, load_clip_vision, load_dit, load_text_encoder, load_vae
 
-    device = plan.host.device
+    device, fp8 = plan.host.device, args.compute_dtype == "fp8"
+    chosen = None if fp8 else args.compute_dtype  # fp8: the DiT's blocks multiply in fp8, in its default dtype
     weights = dict(storage_dtype=args.storage_dtype, device="cpu",
-                   compute_dtype=args.compute_dtype or default_compute_dtype("dit", device))
-    compute = dict(compute_dtype=args.compute_dtype, device=device)
+                   compute_dtype=chosen or default_compute_dtype("dit", device))
+    compute = dict(compute_dtype=chosen, device=device)
     text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
-    dit = load_dit(plan.paths["diffusion_models"], **weights)
+    dit = load_dit(plan.paths["diffusion_models"], **weights, fp8_matmul=fp8)
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
     vae = plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
@@ -280,7 +283,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     from .demo import DEMO_SIZE, write_demo_models
     from .files import check_file_name, check_writable_folder
     from .loading.checkpoint import inspect_kind
-    from .loading.dit import inspect_dit
+    from .loading.dit import fp8_storage, inspect_dit
     from .pipeline import check_task
     from .sampling.request import SampleRequest
     from .vace import vace_request
@@ -294,7 +297,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was given but this machine has no usable CUDA device (or this torch "
                          "build has no CUDA); use --device cpu or install a CUDA build of torch")
-    placement = resolve_placement("dit", args.storage_dtype, args.compute_dtype, device)
+    fp8 = args.compute_dtype == "fp8"
+    placement = resolve_placement("dit", args.storage_dtype, None if fp8 else args.compute_dtype, device)
     defaults = {"width": 832, "height": 480, "frames": 81, "steps": 40 if image_task else 50}
     if args.demo:
         defaults = DEMO_SIZE
@@ -308,6 +312,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     settings = RenderSettings.from_args(args, steps=size.pop("steps"))
     config = inspect_dit(paths["diffusion_models"])
+    if fp8:
+        fp8_storage(paths["diffusion_models"], args.storage_dtype)  # a GGUF file or bf16 storage fails now
     check_task(config, args.task)
     for kind, folder in (IMAGE_KINDS if image_task else KINDS).items():
         if kind != "dit":

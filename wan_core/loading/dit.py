@@ -15,10 +15,11 @@ import re
 
 import torch
 
+from ..errors import InputError
 from ..models.config import DiTConfig, detect
 from ..models.dit import WanDiT
 from ..models.layers import CastLinear, LinearFactory
-from ..runtime.placement import resolve_placement
+from ..runtime.placement import parse_dtype, resolve_placement
 from .checkpoint import (
     SCALE_SUFFIXES,
     SCALED_FP8_MARKER,
@@ -124,17 +125,23 @@ def inspect_dit(path: str | os.PathLike) -> DiTConfig:
 
 def load_dit(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None = None,
              compute_dtype: torch.dtype | str | None = None, device="cpu",
-             linear: LinearFactory = CastLinear) -> WanDiT:
+             linear: LinearFactory = CastLinear, fp8_matmul: bool = False) -> WanDiT:
     """Load a Wan2.1 DiT (t2v / i2v / flf2v, detected from the tensors) from ``path`` (safetensors, .pth, or
     a city96-layout .gguf: see :mod:`wan_core.loading.gguf`).
 
     storage_dtype / compute_dtype / device: the placement policy (:mod:`wan_core.runtime.placement`):
     weights kept as the file has them unless told (fp8 applies to Linear weights only), compute
     fp32 on CPU and bf16 elsewhere, weights placed on ``device``.
+    fp8_matmul: the blocks' Linear layers multiply in fp8 on GPUs with fp8 tensor cores (ComfyUI's
+    ``fp8_e4m3fn_fast``): their weights are stored in fp8 (the file's fp8 or scaled fp8, else converted), the
+    activations stay in ``compute_dtype``. Raises :class:`InputError` for a GGUF file or another storage dtype.
     Raises :class:`CheckpointError` before building anything if the file is truncated, of another
     kind, or does not match the detected architecture (listing the missing/unexpected keys).
     """
-    if str(path).lower().endswith(".gguf"):  # quantized blocks: their own loader and Linear layers
+    gguf = str(path).lower().endswith(".gguf")
+    if fp8_matmul:
+        storage_dtype = fp8_storage(path, storage_dtype)
+    if gguf:  # quantized blocks: their own loader and Linear layers
         from .gguf import load_gguf_dit
 
         return load_gguf_dit(path, storage_dtype=storage_dtype, compute_dtype=compute_dtype, device=device)
@@ -151,6 +158,22 @@ def load_dit(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     model.load_state_dict(placed_state(state, scales, device, placement.storage_dtype), assign=True, strict=True)
     attach_fp8_scales(model, scales, device, path)
     model.to(device)  # the non-persistent rotary tables
-    log.info("loaded %s from %s (%s weights, %s compute)", config.label, path,
-             placement.storage_dtype or next(iter(state.values())).dtype, placement.compute_dtype)
+    model.fp8_matmul = fp8_matmul
+    log.info("loaded %s from %s (%s weights, %s compute%s)", config.label, path,
+             placement.storage_dtype or next(iter(state.values())).dtype, placement.compute_dtype,
+             ", fp8 matrix products where the GPU has them" if fp8_matmul else "")
     return model.eval().requires_grad_(False)
+
+
+def fp8_storage(path, storage_dtype: torch.dtype | str | None) -> torch.dtype:
+    """The storage dtype of a DiT loaded for fp8 matrix products: fp8_e4m3fn (an fp8 or scaled-fp8 file keeps its
+    weights and scales). Raises :class:`InputError` for a GGUF file or another storage dtype asked for."""
+    if str(path).lower().endswith(".gguf"):
+        raise InputError(f"{path}: a GGUF file's weights are block-quantized, not fp8, so they cannot multiply in "
+                         "fp8; choose compute dtype default (GGUF layers dequantize where they compute) or load an "
+                         "fp8 / scaled-fp8 safetensors file")
+    storage = parse_dtype(storage_dtype)
+    if storage not in (None, torch.float8_e4m3fn):
+        raise InputError(f"fp8 matrix products need fp8 weights, but weight dtype {storage} was chosen; choose "
+                         "weight dtype default or fp8_e4m3fn, or a compute dtype other than fp8")
+    return torch.float8_e4m3fn

@@ -274,6 +274,10 @@ class WanDiT(nn.Module):
     float dtype, time embedding and modulation always run in fp32.
     """
 
+    fp8_matmul: bool = False
+    """Set at load (``load_dit(fp8_matmul=True)``): renders on GPUs with fp8 tensor cores multiply the blocks' fp8
+    layers in fp8 (:mod:`wan_core.runtime.fp8_matmul`); the render context decides and makes the view."""
+
     def __init__(self, config: DiTConfig, linear: LinearFactory = CastLinear,
                  compute_dtype: torch.dtype = torch.float32):
         super().__init__()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime import memory
+from ..runtime.fp8_matmul import fp8_linear
 
 
 class CastLinear(nn.Linear):
@@ -22,6 +23,10 @@ class CastLinear(nn.Linear):
     tensor, ``None`` unless set by the loader) multiplies the cast weight: ComfyUI's "scaled fp8"
     files store ``weight / scale`` in float8 next to the scale.
     """
+
+    fp8_scaling: str | None = None
+    """Set only on a render's view (:func:`~wan_core.runtime.fp8_matmul.fp8_view`): the fp8 weight multiplies in
+    fp8 with this input scaling (``"token"`` / ``"tensor"``) instead of being cast."""
 
     low_rank_scales: tuple[float, ...] = ()
     """The scale of each unmerged low-rank update (:attr:`low_rank`); set only on a render's patched copy."""
@@ -45,8 +50,11 @@ class CastLinear(nn.Linear):
         self.register_buffer("scale_weight", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, cast_weight(self.weight, x.dtype, self.scale_weight),
-                       None if self.bias is None else self.bias.to(x.dtype))
+        if self.fp8_scaling is not None:
+            out = fp8_linear(x, self.weight, self.scale_weight, self.bias, self.fp8_scaling)
+        else:
+            out = F.linear(x, cast_weight(self.weight, x.dtype, self.scale_weight),
+                           None if self.bias is None else self.bias.to(x.dtype))
         for down, up, scale in self.low_rank:
             out = out + scale * F.linear(F.linear(x, down), up)
         return out

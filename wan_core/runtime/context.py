@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import InputError
 from .attention import DEFAULT_ATTENTION, AttentionFn, get_attention
+from .fp8_matmul import fp8_view, render_scaling
 from .memory_plan import MemoryPlan
 from .patches import WeightPatch, patched_view, stack_patches
 from .placement import COMPUTE_DTYPES
@@ -40,6 +41,7 @@ class RenderContext:
     precompute_keys_values: bool = True  # every block's text / image keys, values once per render (2 x layers x text)
     plan: MemoryPlan | None = None  # streamed blocks, CFG one branch at a time, feed-forward chunks (memory_plan)
     replan: Callable[[int], MemoryPlan] | None = None  # budget (bytes) -> plan: remakes it after running out of memory
+    fp8_matmul: bool | None = None  # fp8 layers multiply in fp8 (fp8_matmul.render_scaling); None: as the model asks
     _views: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(model) -> patched view
     _reused: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # key -> (sources, value)
     _shrunk: bool = field(default=False, init=False, repr=False, compare=False)  # the plan was remade (OOM)
@@ -86,18 +88,21 @@ class RenderContext:
         return stack_patches(carried, self.patches) if carried else self.patches
 
     def patched(self, model: nn.Module) -> nn.Module:
-        """``model`` with this render's patches (a view made once per render and model), or ``model`` itself."""
-        patches = self.patches_for(model)
-        if not patches and (self.plan is None or not self.plan.streamed):
-            return model
+        """``model`` with this render's patches, fp8 matrix products and streamed blocks (a view made once per render
+        and model), or ``model`` itself when there are none."""
         key = id(model)
-        if key not in self._views:
-            view = patched_view(model, patches, self.dtype_for(model)) if patches else model
-            streamer = None
-            if self.plan is not None and self.plan.streamed:
-                view, streamer = placed_view(view, self.device_for(model), self.plan.streamed, self.plan.prefetch)
-            self._views[key] = (model, view, streamer)
-        return self._views[key][1]
+        if key in self._views:
+            return self._views[key][1]
+        patches = self.patches_for(model)
+        scaling = render_scaling(model, self.device_for(model), self.fp8_matmul)
+        view = patched_view(model, patches, self.dtype_for(model)) if patches else model
+        if scaling is not None:
+            view = fp8_view(view, scaling)
+        streamer = None
+        if self.plan is not None and self.plan.streamed:
+            view, streamer = placed_view(view, self.device_for(model), self.plan.streamed, self.plan.prefetch)
+        self._views[key] = (model, view, streamer)  # also the model itself: this render's choices are made once
+        return view
 
     def streamer_for(self, model: nn.Module):
         """The block streamer of this render's view of ``model`` (bytes placed and their peak), or None."""

@@ -141,7 +141,7 @@ def stack_patches(*groups: Mapping[str, WeightPatch]) -> dict[str, WeightPatch]:
     return out
 
 
-def _shallow_copy(module: nn.Module) -> nn.Module:
+def shallow_copy(module: nn.Module) -> nn.Module:
     """A new module object sharing every tensor and child with ``module``, with dicts of its own."""
     twin = copy.copy(module)
     twin._parameters = dict(module._parameters)
@@ -183,20 +183,25 @@ def patched_view(model: nn.Module, patches: Mapping[str, WeightPatch], compute_d
     check_patches(model, patches)
     if not patches:
         return model
-    view = _shallow_copy(model)
+    view = shallow_copy(model)
     copies: dict[str, nn.Module] = {"": view}
     for name in sorted(patches):
         path, _, leaf = name.rpartition(".")
-        owner = view
-        prefix = ""
-        for part in path.split(".") if path else ():
-            prefix = f"{prefix}.{part}" if prefix else part
-            if prefix not in copies:
-                copies[prefix] = _shallow_copy(owner._modules[part])
-                owner._modules[part] = copies[prefix]
-            owner = copies[prefix]
-        patches[name].apply(owner, leaf, compute_dtype)
+        patches[name].apply(copy_along(copies, path), leaf, compute_dtype)
     return view
+
+
+def copy_along(copies: dict[str, nn.Module], path: str) -> nn.Module:
+    """The module at dotted ``path`` of the view ``copies[""]``, with it and every module on the way there a
+    :func:`shallow_copy` put into the view in place of the original (once: ``copies`` maps the paths copied)."""
+    owner, prefix = copies[""], ""
+    for part in path.split(".") if path else ():
+        prefix = f"{prefix}.{part}" if prefix else part
+        if prefix not in copies:
+            copies[prefix] = shallow_copy(owner._modules[part])
+            owner._modules[part] = copies[prefix]
+        owner = copies[prefix]
+    return owner
 
 
 def nonfinite_patches(model: nn.Module, patches: Mapping[str, WeightPatch], compute_dtype: torch.dtype,
@@ -207,7 +212,7 @@ def nonfinite_patches(model: nn.Module, patches: Mapping[str, WeightPatch], comp
     found = []
     for name in sorted(patches):
         path, _, leaf = name.rpartition(".")
-        owner = _shallow_copy(model.get_submodule(path))
+        owner = shallow_copy(model.get_submodule(path))
         WeightPatchSum(patches[name].terms, unmerged=False).apply(owner, leaf, compute_dtype)
         merged = owner._parameters[leaf]
         if not is_finite(merged.to(compute_dtype)):
