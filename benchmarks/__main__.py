@@ -8,7 +8,7 @@ import argparse
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed", "lora",
-                                                 "gguf", "vace", "memory", "gpu"],
+                                                 "gguf", "vace", "memory", "fp8", "gpu"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -16,7 +16,7 @@ def main(argv=None) -> None:
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     parser.add_argument("--layers", type=int, default=6, help="text: encoder layers of the 24 (memory bound)")
     parser.add_argument("--device", help="speed: render the real 1.3B config on this device (cuda) instead of the "
-                        "demo model on the CPU")
+                        "demo model on the CPU; memory, gguf, fp8, vae: measure on this device")
     for name, default in (("width", 832), ("height", 480), ("frames", 81), ("steps", 20)):
         parser.add_argument(f"--{name}", type=int, default=default, help=f"speed on a device (default {default})")
     parser.add_argument("--out", help="gpu: folder of the report (default gpu_report)")
@@ -33,7 +33,10 @@ def main(argv=None) -> None:
     elif args.what == "vae":
         from . import vae
 
-        vae.main(runs=args.runs or 1, size=args.size, impls=tuple(args.impl or vae.IMPLS))
+        if args.device:
+            vae.device_main(args.device, args.frames, args.height, args.width)
+        else:
+            vae.main(runs=args.runs or 1, size=args.size, impls=tuple(args.impl or vae.IMPLS))
     elif args.what == "text":
         from . import text
 
@@ -66,6 +69,10 @@ def main(argv=None) -> None:
         from . import vace
 
         vace.main()
+    elif args.what == "fp8":
+        from . import fp8
+
+        fp8.main(args.device or "cuda", args.width, args.height, args.frames, args.runs or 3)
     elif args.what == "memory":
         from . import memory
 

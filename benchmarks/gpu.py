@@ -1,9 +1,10 @@
 """``python -m benchmarks gpu --out DIR``: the whole GPU acceptance in one call, for a session lent a GPU.
 
 Runs, each in its own process with its own time budget (a step that fails or runs out of time is reported and
-the run goes on), the CUDA tests and the GPU benchmarks on the real 1.3B config with random weights, and writes
-one markdown report (``DIR/gpu_report.md``) with the device name on every section. ``--dry-run`` lists the
-steps and budgets without running them (any machine). Budgets sum to at most :data:`TOTAL_BUDGET_S`.
+the run goes on), the CUDA tests and the GPU benchmarks on the real 1.3B config (one 14B row: fp8) with random
+weights, and writes one markdown report (``DIR/gpu_report.md``) with the device name on every section.
+``--dry-run`` lists the steps and budgets without running them (any machine). Budgets sum to at most
+:data:`TOTAL_BUDGET_S`.
 
 On a bare machine with torch but none of our other packages, install the wheels ``scripts/gpu_wheels.sh`` fetched
 (``pip install --no-index --no-deps wheels/*.whl && pip install --no-deps -e .``) first.
@@ -31,17 +32,23 @@ class Step:
 
 PY = sys.executable
 STEPS = (
-    Step("cuda-tests", 150, (PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py",
-                             "tests/test_gpu_memory.py", "tests/test_attention.py", "tests/test_gpu_ready.py"),
+    Step("cuda-tests", 140, (PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py",
+                             "tests/test_gpu_memory.py", "tests/test_attention.py", "tests/test_gpu_ready.py",
+                             "tests/test_fp8_matmul.py", "tests/test_gpu_fp8.py"),
          "CUDA tests: bf16 parity with the CPU, seeds, VAE fp32 / TF32, memory per budget (allocated and reserved), "
-         "baseline after renders, flash / sage parity"),
-    Step("memory", 100, (PY, "-m", "benchmarks", "memory", "--device", "cuda"),
+         "baseline after renders, flash / sage parity, fp8 matrix products"),
+    Step("memory", 90, (PY, "-m", "benchmarks", "memory", "--device", "cuda"),
          "memory per budget: allocated / reserved peaks and s/step against resident, real 1.3B at 832x480x81"),
-    Step("speed", 120, (PY, "-m", "benchmarks", "speed", "--device", "cuda", "--steps", "8"),
+    Step("speed", 95, (PY, "-m", "benchmarks", "speed", "--device", "cuda", "--steps", "8"),
          "speed: sdpa / flash / sage x compile x step cache, 8 steps at 832x480x81, real 1.3B"),
-    Step("gguf", 60, (PY, "-m", "benchmarks", "gguf", "--device", "cuda"),
+    Step("fp8", 50, (PY, "-m", "benchmarks", "fp8", "--device", "cuda"),
+         "fp8 matrix products against the cast path and bf16 weights: one forward of the real 1.3B (CFG batch) "
+         "and 14B (one branch) configs at 832x480x81, s/forward, peaks, drift"),
+    Step("gguf", 45, (PY, "-m", "benchmarks", "gguf", "--device", "cuda"),
          "GGUF forward per quant type against bf16, real 1.3B"),
-    Step("lora", 50, (PY, "-m", "benchmarks", "lora"), "LoRA merge / unmerged cost on the real configs"),
+    Step("lora", 35, (PY, "-m", "benchmarks", "lora"), "LoRA merge / unmerged cost on the real configs"),
+    Step("vae", 25, (PY, "-m", "benchmarks", "vae", "--device", "cuda"),
+         "VAE decode of 832x480x81, whole and tiled: seconds, allocated / reserved peaks"),
 )
 
 

@@ -103,6 +103,36 @@ def main(runs: int = 1, size: str = "small", impls=IMPLS) -> None:
               f"|out| {r['checksum']:.5f}")
 
 
+def device_main(device: str = "cuda", frames: int = 81, height: int = 480, width: int = 832) -> None:
+    """The VAE decode on a device: the real-size VAE (random weights) in its default compute dtype there, whole
+    and in 32x32 tiles (overlap 8), with seconds and peak allocated / reserved device memory for each."""
+    import time
+
+    from wan_core import decode_tiled, default_compute_dtype
+
+    torch.set_grad_enabled(False)
+    device = torch.device(device)
+    dtype = default_compute_dtype("vae", device)
+    vae = WanVAE(compute_dtype=dtype).to(device, dtype).eval()
+    z = _latents(frames, height, width).to(device)
+    print(f"VAE decode to {frames} frames at {width}x{height}, real-size Wan2.1 VAE, random {dtype} weights, {device}")
+    for label, decode in (("whole", vae.decode), ("tiled 32/8", lambda latent: decode_tiled(vae, latent, 32, 8))):
+        decode(z[:, :, :2])  # warm-up: kernels and the allocator
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        video = decode(z)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        memory = (f"  peak {gib(torch.cuda.max_memory_allocated(device))} allocated / "
+                  f"{gib(torch.cuda.max_memory_reserved(device))} reserved" if device.type == "cuda" else "")
+        print(f"  {label:11s} {seconds:7.2f} s{memory}  out {tuple(video.shape)}")
+        del video
+
+
 if __name__ == "__main__":
     impl, weights, size, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     print(json.dumps(worker(impl, weights, size, runs)))
