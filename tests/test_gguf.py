@@ -39,6 +39,21 @@ def test_dequantization_equals_the_gguf_package_bit_for_bit(qtype):
     assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(expected))
 
 
+@pytest.mark.parametrize("qtype", sorted(BLOCKS))
+def test_dequantization_in_chunks_is_the_same_bits(qtype, monkeypatch):
+    """A weight larger than a chunk is dequantized a chunk at a time (bounded temporaries): the same bits as the
+    gguf package's, in float32 and rounded once to bf16, with a last chunk that is not full."""
+    import wan_core.runtime.memory as memory
+
+    values, _ = BLOCKS[qtype]
+    monkeypatch.setattr(memory, "DEQUANTIZE_CHUNK", 3 * values)  # 3 blocks per chunk, 16 blocks in all
+    raw = _random_blocks(qtype, rows=8, blocks_per_row=2, seed=7)
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, getattr(gguf.GGMLQuantizationType, qtype)))
+    assert torch.equal(dequantize(torch.from_numpy(raw), qtype, (8, 2 * values)), expected)
+    assert torch.equal(dequantize(torch.from_numpy(raw), qtype, (8, 2 * values), torch.bfloat16),
+                       expected.to(torch.bfloat16))
+
+
 def _write_gguf(path, state, qtype: str, arch: str = "wan", declared: dict | None = None):
     """A GGUF as city96's converter writes one: Linear weights quantized (their input width a whole number of
     blocks), 1-D tensors F32, the 5-D patch embedding flattened with its shape in comfy.gguf.orig_shape

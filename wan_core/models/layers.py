@@ -55,20 +55,30 @@ class CastLinear(nn.Linear):
         else:
             out = F.linear(x, cast_weight(self.weight, x.dtype, self.scale_weight),
                            None if self.bias is None else self.bias.to(x.dtype))
-        for down, up, scale in self.low_rank:
-            out = out + scale * F.linear(F.linear(x, down), up)
+        return add_low_rank_terms(out, x, self.low_rank)
+
+
+def add_low_rank_terms(out: torch.Tensor, x: torch.Tensor, terms) -> torch.Tensor:
+    """``out [..., N] += scale * (x down^T) up^T`` for each ``(down, up, scale)``, in place (``out``: a Linear's new
+    output): the only temporary is the ``[..., r]`` projection, no second output-sized tensor."""
+    if not terms:
         return out
+    flat = out.view(-1, out.shape[-1])
+    for down, up, scale in terms:
+        flat.addmm_(F.linear(x, down).reshape(-1, down.shape[0]), up.t(), alpha=scale)
+    return out
 
 
 def cast_weight(weight: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``weight`` in ``dtype``, multiplied by ``scale`` when given (dequantization of scaled fp8)."""
+    """``weight`` in ``dtype``, multiplied by ``scale`` when given (dequantization of scaled fp8; in place on the
+    cast copy, so one weight-sized temporary)."""
     w = weight.to(dtype)
     if scale is None:
         return w
     s = scale.to(dtype)
     if s.numel() > 1:  # one scale per output row
         s = s.reshape(-1, *([1] * (w.dim() - 1)))
-    return w * s
+    return w * s if w is weight else w.mul_(s)
 
 
 LinearFactory = Callable[..., nn.Module]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layers import CastLinear
+from ..runtime import memory
+from .layers import CastLinear, add_low_rank_terms
 
 QK_K = 256
 BLOCKS: dict[str, tuple[int, int]] = {
@@ -132,12 +133,19 @@ _DEQUANTIZE = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": lambda b: _q
 
 
 def dequantize(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32):
-    """Packed ggml blocks (uint8, any shape holding whole blocks) -> a ``shape`` tensor in ``dtype``."""
+    """Packed ggml blocks (uint8, any shape holding whole blocks) -> a ``shape`` tensor in ``dtype``, computed
+    ``runtime.memory.DEQUANTIZE_CHUNK`` values at a time into the result (the same bits as all at once)."""
     if qtype in PLAIN:
         return raw.contiguous().view(PLAIN[qtype]).reshape(shape).to(dtype)
     values, size = BLOCKS[qtype]
     blocks = raw.reshape(-1, size)
-    return _DEQUANTIZE[qtype](blocks).reshape(shape).to(dtype)
+    step = max(1, memory.DEQUANTIZE_CHUNK // values)  # blocks per chunk
+    if blocks.shape[0] <= step:
+        return _DEQUANTIZE[qtype](blocks).reshape(shape).to(dtype)
+    out = torch.empty(blocks.shape[0], values, dtype=dtype, device=raw.device)
+    for start in range(0, blocks.shape[0], step):
+        out[start:start + step] = _DEQUANTIZE[qtype](blocks[start:start + step])
+    return out.reshape(shape)
 
 
 class QuantizedLinear(CastLinear):
@@ -153,9 +161,7 @@ class QuantizedLinear(CastLinear):
         if not self.quantized:  # a render's view merged a LoRA into a plain weight
             return super().forward(x)
         out = F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        for down, up, scale in self.low_rank:
-            out = out + scale * F.linear(F.linear(x, down), up)
-        return out
+        return add_low_rank_terms(out, x, self.low_rank)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         return dequantize(self.weight, self.qtype, self.weight_shape, dtype)

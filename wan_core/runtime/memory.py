@@ -34,6 +34,19 @@ a slice 0.16 GiB)."""
 SLICE_COPIES = 4
 """fp32 ``[B, TOKEN_CHUNK, C]`` temporaries of one slice of row-wise work."""
 
+DEQUANTIZE_CHUNK = 1 << 23
+"""Values of a GGUF weight dequantized at a time (``models.quantized.dequantize``): the float32 temporaries of the
+block formulas (up to ~3.3 copies) exist for one chunk (32 MiB each), not for the whole weight (a 14B
+feed-forward weight: 283 MiB per fp32 copy, 9 chunks; few enough that the extra kernel launches cost little on a
+GPU)."""
+
+
+
+def dequantize_temporary_bytes() -> int:
+    """An upper bound of those temporaries: 4 float32 copies of one chunk (measured peak: 3.33 copies, Q5_K)."""
+    return 4 * 4 * DEQUANTIZE_CHUNK
+
+
 MARGIN = 1.05
 """Allocator rounding and the small tensors (modulation, time embedding, masks) on top of the counted ones."""
 

@@ -18,13 +18,15 @@ time, the most chunks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
-from .memory import available_bytes, dit_activation_bytes, size_text
+from .memory import available_bytes, dequantize_temporary_bytes, dit_activation_bytes, size_text
+from .patches import view_bytes_change
 from .streaming import module_bytes
 
 FFN_CHUNKS = (1, 4, 16)
@@ -130,8 +132,7 @@ def plan_for(model, latent_shape, cfg: bool, device: torch.device, budget: int |
         budget = max(0, available_bytes(device) - RESERVE_BYTES) if device.type == "cuda" else UNLIMITED
     config, dtype = model.config, compute_dtype or getattr(model, "compute_dtype", torch.float32)
     tokens, batch = config.tokens(latent_shape), latent_shape[0]
-    blocks = [module_bytes(b) for b in model.blocks]
-    other = module_bytes(model) - sum(blocks)
+    blocks, other = placed_bytes(model, dtype)
 
     # every block's text (and image) keys and values, made once per render for both CFG branches
     image_tokens = config.clip_tokens if config.has_image_branch else 0
@@ -147,6 +148,37 @@ def plan_for(model, latent_shape, cfg: bool, device: torch.device, budget: int |
     if cfg and not allow_sequential:  # CFG stays one batch of 2 (a step cache decides per branch within it)
         return plan_memory(budget, blocks, other, lambda _, chunks: activations(2, chunks), False, kv_bytes=kv)
     return plan_memory(budget, blocks, other, activations, cfg, kv_bytes=kv)
+
+
+def placed_bytes(model, compute_dtype: torch.dtype) -> tuple[list[int], int]:
+    """Device bytes of a render's view of a DiT: per block, and for the rest plus the largest temporary one layer
+    makes to compute (:func:`weight_temporary_bytes`). The model's tensors as stored, changed by the LoRAs its
+    handle carries as the view makes them (merged copies, unmerged low-rank pairs: ``patches.view_bytes_change``)."""
+    blocks = [module_bytes(b) for b in model.blocks]
+    other = module_bytes(model) - sum(blocks)
+    for name, patch in (getattr(model, "weight_patches", None) or {}).items():
+        change = view_bytes_change(model, name, patch, compute_dtype)
+        kind, index, *_ = name.split(".") + [""]
+        if kind == "blocks":
+            blocks[int(index)] += change
+        else:
+            other += change
+    return blocks, other + weight_temporary_bytes(model, compute_dtype)
+
+
+def weight_temporary_bytes(model, compute_dtype: torch.dtype) -> int:
+    """The largest temporary any one Linear of ``model`` makes to compute (they run one at a time): its weight cast
+    to ``compute_dtype`` (fp8 / bf16 storage), or a GGUF weight dequantized with its chunk temporaries."""
+    most = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not hasattr(module, "low_rank") or not isinstance(weight, torch.Tensor):  # not one of our Linears
+            continue
+        if getattr(module, "quantized", False):
+            most = max(most, math.prod(module.weight_shape) * compute_dtype.itemsize + dequantize_temporary_bytes())
+        elif weight.dtype != compute_dtype:
+            most = max(most, weight.numel() * compute_dtype.itemsize)
+    return most
 
 
 def text_encoder_activation_bytes(config, prompts: int = 2, tokens: int = 512) -> int:
@@ -169,7 +201,8 @@ def plan_text_encoder(model, device: torch.device, budget: int | None = None, pr
     blocks = [module_bytes(b) for b in model.encoder.block]
     table = module_bytes(model.shared)
     other = module_bytes(model) - sum(blocks) - table
-    activations = text_encoder_activation_bytes(model.config, prompts, tokens)
+    activations = text_encoder_activation_bytes(model.config, prompts, tokens) + \
+        weight_temporary_bytes(model, getattr(model, "compute_dtype", torch.float32))
     whole = module_bytes(model) + activations
     if whole <= budget:
         return MemoryPlan(tuple(range(len(blocks))), (), False, 1, 0, budget, whole, guided=False)

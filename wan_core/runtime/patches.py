@@ -11,6 +11,7 @@ view copies no weight data beyond the merged tensors.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,16 +66,10 @@ class WeightPatchSum:
 
     def apply(self, owner: nn.Module, name: str, compute_dtype: torch.dtype) -> None:
         weight = owner._parameters[name]
-        can_unmerge = name == "weight" and hasattr(owner, "low_rank")  # a Linear's weight
-        unmerged = can_unmerge and (self.unmerged if self.unmerged is not None else (
-            weight.dtype.itemsize == 1 or getattr(owner, "quantized", False)))
-        merged = []
-        for update, strength in self.terms:
-            if unmerged and isinstance(update, LowRank):
-                down, up = (t.to(device=weight.device, dtype=compute_dtype) for t in (update.down, update.up))
-                owner.add_low_rank(down, up, update.scale * strength)  # the view's copy only
-            else:
-                merged.append((update, strength))
+        low_rank, merged = split_terms(self, owner, name)
+        for update, strength in low_rank:
+            down, up = (t.to(device=weight.device, dtype=compute_dtype) for t in (update.down, update.up))
+            owner.add_low_rank(down, up, update.scale * strength)  # the view's copy only
         if merged:
             _merge(owner, name, merged, compute_dtype)
 
@@ -85,6 +80,43 @@ class WeightPatchSum:
                 yield strength, update.scale, (update.up, update.down)
             else:
                 yield strength, 1.0, (update,)
+
+
+def split_terms(patch: WeightPatch, owner: nn.Module, name: str) -> tuple[list[Term], list[Term]]:
+    """``patch``'s terms on ``owner``'s tensor ``name`` as (low-rank terms left unmerged, terms merged), by the rule
+    of :class:`WeightPatchSum` (a patch without an ``unmerged`` choice: None)."""
+    weight = owner._parameters[name]
+    choice = getattr(patch, "unmerged", None)
+    can_unmerge = name == "weight" and hasattr(owner, "low_rank")  # a Linear's weight
+    unmerged = can_unmerge and (choice if choice is not None else (
+        weight.dtype.itemsize == 1 or getattr(owner, "quantized", False)))
+    low_rank = [(u, s) for u, s in patch.terms if unmerged and isinstance(u, LowRank)]
+    return low_rank, [(u, s) for u, s in patch.terms if not (unmerged and isinstance(u, LowRank))]
+
+
+def _merged_dtype(owner: nn.Module, name: str, compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a merged tensor is kept in: the weight's own, the compute dtype for 8-bit or quantized weights."""
+    stored = owner._parameters[name].dtype
+    quantized = name == "weight" and getattr(owner, "quantized", False)
+    return compute_dtype if (stored.itemsize == 1 or quantized) else stored
+
+
+def view_bytes_change(model: nn.Module, name: str, patch: WeightPatch, compute_dtype: torch.dtype) -> int:
+    """How many bytes more ``model``'s patched view holds for tensor ``name`` than ``model`` (exactly what
+    :func:`patched_view` makes): the unmerged low-rank pairs in the compute dtype, and a merged tensor in its kept
+    dtype in place of the stored one (a quantized weight's packed blocks, a scaled-fp8 weight's scale)."""
+    path, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(path)
+    weight = owner._parameters[leaf]
+    low_rank, merged = split_terms(patch, owner, leaf)
+    change = sum((u.down.numel() + u.up.numel()) * compute_dtype.itemsize for u, _ in low_rank)
+    if merged:
+        quantized = leaf == "weight" and getattr(owner, "quantized", False)
+        numel = math.prod(owner.weight_shape) if quantized else weight.numel()
+        scale = getattr(owner, "scale_weight", None) if leaf == "weight" else None
+        change += numel * _merged_dtype(owner, leaf, compute_dtype).itemsize - weight.numel() * weight.element_size()
+        change -= 0 if scale is None else scale.numel() * scale.element_size()
+    return change
 
 
 def _merge(owner: nn.Module, name: str, terms, compute_dtype: torch.dtype) -> None:
@@ -103,7 +135,7 @@ def _merge(owner: nn.Module, name: str, terms, compute_dtype: torch.dtype) -> No
         delta = update.delta(weight.device) if isinstance(update, LowRank) else \
             update.to(device=weight.device, dtype=torch.float32)
         merged = merged + strength * delta
-    keep = compute_dtype if (weight.dtype.itemsize == 1 or dequantize is not None) else weight.dtype
+    keep = _merged_dtype(owner, name, compute_dtype)
     owner._parameters[name] = nn.Parameter(merged.to(keep), requires_grad=False)
     if dequantize is not None:
         owner.quantized = False
