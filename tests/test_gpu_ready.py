@@ -348,3 +348,31 @@ def test_conditioning_nodes_ask_comfyui_for_room_before_placing_clip_and_the_vae
         pass
     assert asked == [(1024 * 4 + 100, [])]  # room for both, asked before either moved
     assert moves == [(1000, "cuda"), (24, "cuda"), (1000, "cpu"), (24, "cpu")]
+
+
+def test_the_cli_keeps_clip_and_the_vae_in_host_memory_between_their_stages(monkeypatch):
+    """An i2v render on CUDA: the command line loads CLIP and the VAE into host memory, stored in the GPU's compute
+    dtype (before: onto the GPU, where they stayed through sampling, outside the memory plan); the host moves them
+    to the device for their stages only."""
+    import argparse
+
+    import wan_core.cli as cli
+
+    loaded = {}
+
+    def loader(kind):
+        def load(path, **kwargs):
+            loaded[kind] = kwargs
+            return types.SimpleNamespace(kind=kind)
+        return load
+
+    for name in ("load_vae", "load_clip_vision", "load_text_encoder", "load_dit"):
+        monkeypatch.setattr(wan_core, name, loader(name))
+    args = argparse.Namespace(storage_dtype="default", compute_dtype=None)
+    plan = cli._Plan(paths={k: k for k in ("vae", "clip_vision", "text_encoders", "diffusion_models")}, size={},
+                     settings=None, fmt="mp4", host=types.SimpleNamespace(device=torch.device("cuda")),
+                     images=(object(),))
+    cli._load_models(args, plan)
+    assert loaded["load_vae"] == {"compute_dtype": torch.bfloat16, "device": "cpu"}
+    assert loaded["load_clip_vision"] == {"compute_dtype": torch.float16, "device": "cpu"}
+    assert loaded["load_dit"]["device"] == "cpu" and loaded["load_dit"]["compute_dtype"] == torch.bfloat16

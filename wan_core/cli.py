@@ -177,20 +177,24 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
 def _load_models(args: argparse.Namespace, plan: _Plan) -> tuple:
     """The DiT (with its LoRAs), the text encoder, the VAE and (i2v / flf2v) CLIP, by the placement policy: the DiT
     and the text encoder stay in host memory (memory-mapped) and are placed by their memory plans, computing in
-    the render device's dtype (bf16 on CUDA unless told); the VAE and CLIP are stored in it on the device."""
+    the render device's dtype (bf16 on CUDA unless told); the VAE and CLIP are stored in theirs in host memory and
+    go to the device only for their stages, so that nothing but the DiT's plan is on it while sampling."""
     from . import apply_loras, default_compute_dtype, load_clip_vision, load_dit, load_text_encoder, load_vae
 
     device, fp8 = plan.host.device, args.compute_dtype == "fp8"
     chosen = None if fp8 else args.compute_dtype  # fp8: the DiT's blocks multiply in fp8, in its default dtype
     weights = dict(storage_dtype=args.storage_dtype, device="cpu",
                    compute_dtype=chosen or default_compute_dtype("dit", device))
-    compute = dict(compute_dtype=chosen, device=device)
+
+    def stage(network: str) -> dict:  # held in host memory, in the dtype it computes in on the render device
+        return dict(compute_dtype=chosen or default_compute_dtype(network, device), device="cpu")
+
     text_encoder = load_text_encoder(plan.paths["text_encoders"], **weights)
     dit = load_dit(plan.paths["diffusion_models"], **weights, fp8_matmul=fp8)
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
-    vae = plan.models["vae"] = load_vae(plan.paths["vae"], **compute)
-    clip = load_clip_vision(plan.paths["clip_vision"], **compute) if plan.images else None
+    vae = plan.models["vae"] = load_vae(plan.paths["vae"], **stage("vae"))
+    clip = load_clip_vision(plan.paths["clip_vision"], **stage("clip_vision")) if plan.images else None
     return dit, text_encoder, vae, clip
 
 
