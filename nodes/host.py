@@ -17,7 +17,15 @@ from pathlib import Path
 
 import torch
 
-from ..wan_core import RenderInterrupted, available_bytes, latent_preview, log_progress, module_bytes, preview_side
+from ..wan_core import (
+    RenderInterrupted,
+    available_bytes,
+    is_later_shard,
+    latent_preview,
+    log_progress,
+    module_bytes,
+    preview_side,
+)
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
     import comfy.model_management as _mm
@@ -48,7 +56,12 @@ def _local(var: str, default: str) -> Path:
 
 
 def list_models(kind: str) -> list[str]:
-    """Model file names of a folder kind (``diffusion_models``, ``text_encoders``, ``vae`` ...)."""
+    """Model file names of a folder kind (``diffusion_models``, ``text_encoders``, ``vae`` ...); of a sharded
+    checkpoint only its first shard, which loads them all."""
+    return [name for name in _model_names(kind) if not is_later_shard(name)]
+
+
+def _model_names(kind: str) -> list[str]:
     if IN_COMFYUI:
         names = set(_folders.get_filename_list(kind))
         if kind == "diffusion_models":  # GGUF DiTs (models/diffusion_models and models/unet), unregistered in ComfyUI

@@ -34,6 +34,7 @@ from .latents import denormalize_latents, latent_preview, normalize_latents, pre
 from .loading.clip_vision import load_clip_vision
 from .loading.dit import load_dit
 from .loading.lora import LoraFile, read_lora
+from .loading.shards import is_later_shard
 from .loading.text_encoder import load_text_encoder
 from .loading.vae import load_vae
 from .lora import apply_loras, check_lora_fits, lora_patches
@@ -124,6 +125,7 @@ __all__ = [
     "denormalize_latents", "latent_preview", "normalize_latents", "preview_side",
     # networks and loaders
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "LoraFile", "read_lora", "apply_loras",
+    "is_later_shard",
     "check_lora_fits", "lora_patches", "ClipVision", "PRESETS", "DiTConfig", "detect",
     "WanDiT", "TextEncoder", "WanVAE", "decode_bytes",
     "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",

@@ -16,6 +16,7 @@ from pathlib import Path
 from .constants import NEGATIVE_PROMPT
 from .display import ProgressDisplay
 from .errors import InputError, WanCoreError
+from .loading.shards import is_later_shard
 from .manifest import MANIFEST_KEY, dumps
 from .runtime.attention import attention_backends
 from .runtime.cache_settings import CACHE_KINDS
@@ -39,7 +40,8 @@ def _pick(models: Path, kind: str, name: str | None) -> Path:
         if not path.is_file():
             raise WanCoreError(f"{kind} file {path} does not exist")
         return path
-    found = sorted(p for p in folder.glob("*") if p.suffix in SUFFIXES) if folder.is_dir() else []
+    found = sorted(p for p in folder.glob("*") if p.suffix in SUFFIXES and not is_later_shard(p.name)) \
+        if folder.is_dir() else []
     if len(found) != 1:
         listing = ", ".join(p.name for p in found) or "none"
         raise WanCoreError(f"pick the {kind} file with --{kind.replace('_', '-')} (found in {folder}: {listing}); "

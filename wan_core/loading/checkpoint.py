@@ -16,6 +16,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.layers import CastLinear
 from .safetensors_io import load_mmap
+from .shards import INDEX_SUFFIX, SHARD, open_shards
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
@@ -41,9 +42,12 @@ def open_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint on CPU, without a second copy in memory.
 
     ``.safetensors`` is memory-mapped; ``.pth/.pt/.ckpt/.bin`` go through
-    ``torch.load(weights_only=True)`` (memory-mapped where the file format allows).
+    ``torch.load(weights_only=True)`` (memory-mapped where the file format allows). A sharded checkpoint
+    (``-0000N-of-0000M.safetensors``, see :mod:`.shards`) is given by any shard, its index or its folder.
     """
     path = Path(path)
+    if path.is_dir() or path.name.endswith(INDEX_SUFFIX) or (path.is_file() and SHARD.match(path.name)):
+        return open_shards(path, load_mmap)  # shards merged; a folder holding one plain file: that file
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist; check the name and the models folder")
     if path.suffix.lower() == ".safetensors":
