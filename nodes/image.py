@@ -27,7 +27,8 @@ class WanCoreCLIPVisionLoader:
 
 class WanCoreImageToVideo:
     DESCRIPTION = ("Builds the image conditioning of an i2v model from a start image, or of an flf2v model from a "
-                   "start and an end image: CLIP tokens plus the VAE latents of the known frames and their mask. "
+                   "start and an end image: CLIP tokens (Wan2.1; the Wan2.2 i2v experts take none) plus the VAE "
+                   "latents of the known frames and their mask. "
                    "Connect it to WanCoreSampler's image_embeds; the sampler then renders at the size set here.")
     CATEGORY = "WanCore/conditioning"
     RETURN_TYPES = ("WANCORE_IMAGE_EMBEDS",)
@@ -37,7 +38,6 @@ class WanCoreImageToVideo:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip_vision": ("WANCORE_CLIP_VISION", {"tooltip": "From WanCoreCLIPVisionLoader."}),
             "vae": ("WANCORE_VAE", {"tooltip": "From WanCoreVAELoader: encodes the known frames."}),
             "start_image": ("IMAGE", {"tooltip": "The first frame (the first image of a batch is used)."}),
             "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16,
@@ -48,12 +48,14 @@ class WanCoreImageToVideo:
                                         "width x height pixels, as the official pipeline does (sides x16); off: "
                                         "exactly width x height, stretching the image."}),
         }, "optional": {
+            "clip_vision": ("WANCORE_CLIP_VISION", {"tooltip": "From WanCoreCLIPVisionLoader: the Wan2.1 i2v / flf2v "
+                            "models need it; the Wan2.2 image-to-video experts have no CLIP branch (leave it off)."}),
             "end_image": ("IMAGE", {"tooltip": "The last frame, for first-last-frame (flf2v) models only."}),
         }}
 
-    def build(self, clip_vision, vae, start_image, width, height, frames, keep_aspect, end_image=None):
+    def build(self, vae, start_image, width, height, frames, keep_aspect, clip_vision=None, end_image=None):
         if keep_aspect:
             height, width = size_for_area(start_image.shape[1], start_image.shape[2], width * height)
-        with host.on_compute_device(clip_vision, vae):
+        with host.on_compute_device(*(m for m in (clip_vision, vae) if m is not None)):
             embeds = image_conditioning(vae, clip_vision, start_image, width, height, frames, end=end_image)
         return (embeds,)

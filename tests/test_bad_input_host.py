@@ -59,7 +59,8 @@ def test_sampler_node_refuses_a_latent_that_does_not_match_the_image_conditionin
     embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "")[0]
     clip = nodes["WanCoreCLIPVisionLoader"]().load(wan_core.demo.DEMO_IMAGE_FILES["clip_vision"][1])[0]
     vae = nodes["WanCoreVAELoader"]().load(DEMO_FILES["vae"], "default")[0]
-    image_embeds = nodes["WanCoreImageToVideo"]().build(clip, vae, torch.rand(1, 48, 64, 3), 64, 48, 5, False)[0]
+    image_embeds = nodes["WanCoreImageToVideo"]().build(vae, torch.rand(1, 48, 64, 3), 64, 48, 5, False,
+                                                        clip_vision=clip)[0]
     latent = {"samples": torch.randn(1, 16, 3, 6, 8)}  # 9 frames; the conditioning is for 5
     with _nothing_moved(monkeypatch) as moved, pytest.raises(pack.wan_core.InputError, match="built for 5 frames"):
         nodes["WanCoreSampler"]().run(model, embeds, **SETTINGS, latent=latent, image_embeds=image_embeds)

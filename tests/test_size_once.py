@@ -51,7 +51,8 @@ def i2v(tmp_path_factory):
         vae = nodes["WanCoreVAELoader"]().load(DEMO_FILES["vae"], "default")[0]
         clip = nodes["WanCoreCLIPVisionLoader"]().load(DEMO_IMAGE_FILES["clip_vision"][1])[0]
         embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "")[0]
-        image = nodes["WanCoreImageToVideo"]().build(clip, vae, torch.rand(1, 48, 64, 3), 64, 48, 5, False)[0]
+        image = nodes["WanCoreImageToVideo"]().build(vae, torch.rand(1, 48, 64, 3), 64, 48, 5, False,
+                                                        clip_vision=clip)[0]
         yield nodes["WanCoreSampler"](), model, embeds, image
 
 

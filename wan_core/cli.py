@@ -196,7 +196,8 @@ def _load_models(args: argparse.Namespace, plan: _Plan) -> tuple:
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
     vae = plan.models["vae"] = load_vae(plan.paths["vae"], **stage("vae"))
-    clip = load_clip_vision(plan.paths["clip_vision"], **stage("clip_vision")) if plan.images else None
+    clip = load_clip_vision(plan.paths["clip_vision"], **stage("clip_vision")) \
+        if plan.images and "clip_vision" in plan.paths else None
     return dit, text_encoder, vae, clip
 
 
@@ -252,7 +253,7 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
     folders = IMAGE_KINDS if plan.images else KINDS
     return {
         "task": args.task, "prompt": args.prompt, "negative": args.negative, "demo": args.demo,
-        "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items()},
+        "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items() if folder in plan.paths},
         "images": [file_ref(name) for name in names if name is not None],
         "fps": args.fps, **plan.size, **plan.settings.to_manifest(), "device": str(plan.host.device),
         "loras": [{"file": file_ref(path), "strength": strength} for _, strength, path in plan.loras],
@@ -313,15 +314,17 @@ def _plan(args: argparse.Namespace) -> _Plan:
             paths["diffusion_models"] = paths[args.task]
         log.warning("DEMO: tiny random weights; the video is structured noise, not a picture")
     else:
-        kinds = IMAGE_KINDS if image_task else KINDS
-        paths = {kinds[k]: _pick(args.models, k, getattr(args, k)) for k in kinds}
+        paths = {"diffusion_models": _pick(args.models, "dit", args.dit)}
+        clip = image_task and inspect_dit(paths["diffusion_models"]).has_image_branch  # Wan2.2 i2v: no CLIP
+        kinds = IMAGE_KINDS if clip else KINDS
+        paths.update({kinds[k]: _pick(args.models, k, getattr(args, k)) for k in kinds if k != "dit"})
     size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     settings = RenderSettings.from_args(args, steps=size.pop("steps"))
     config = inspect_dit(paths["diffusion_models"])
     if fp8:
         fp8_storage(paths["diffusion_models"], args.storage_dtype)  # a GGUF file or bf16 storage fails now
     check_task(config, args.task)
-    for kind, folder in (IMAGE_KINDS if image_task else KINDS).items():
+    for kind, folder in (IMAGE_KINDS if image_task and config.has_image_branch else KINDS).items():
         if kind != "dit":
             inspect_kind(paths[folder], kind)
     names = (getattr(args, "image", None), getattr(args, "end_image", None))

@@ -27,10 +27,10 @@ class TextEmbeds:
 
 @dataclass(frozen=True)
 class ImageEmbeds:
-    """Image conditioning of an i2v / flf2v DiT: CLIP tokens ``[B, 257 or 514, 1280]`` and
-    ``y = [B, 4 mask + 16 latent channels, F', h, w]``."""
+    """Image conditioning of an i2v / flf2v DiT: CLIP tokens ``[B, 257 or 514, 1280]`` (None for the Wan2.2
+    image-to-video experts, which have no CLIP branch) and ``y = [B, 4 mask + 16 latent channels, F', h, w]``."""
 
-    clip_fea: torch.Tensor
+    clip_fea: torch.Tensor | None
     y: torch.Tensor
 
     def request(self) -> SampleRequest:

@@ -71,12 +71,13 @@ def check_image(name: str, image: torch.Tensor) -> None:
     check_finite(f"the {name}", image, "an image node before this one produced invalid values")
 
 
-def image_conditioning(vae: WanVAE, clip: ClipVision, start: torch.Tensor, width: int, height: int, frames: int,
-                       end: torch.Tensor | None = None) -> ImageEmbeds:
+def image_conditioning(vae: WanVAE, clip: ClipVision | None, start: torch.Tensor, width: int, height: int,
+                       frames: int, end: torch.Tensor | None = None) -> ImageEmbeds:
     """CLIP tokens and ``y`` for an i2v (``end`` None) or flf2v render of ``frames`` at ``width x height``.
 
     start / end: ComfyUI IMAGE ``[N, H, W, 3]`` in 0..1 (the first image of the batch is used).
-    Returns clip_fea ``[1, 257 or 514, 1280]`` and y ``[1, 20, F', height/8, width/8]``.
+    Returns clip_fea ``[1, 257 or 514, 1280]`` (None when ``clip`` is None: the Wan2.2 image-to-video experts
+    have no CLIP branch) and y ``[1, 20, F', height/8, width/8]``.
     """
     check_frame_count(frames)
     check_pixel_size(width, height)
@@ -88,7 +89,7 @@ def image_conditioning(vae: WanVAE, clip: ClipVision, start: torch.Tensor, width
             raise InputError("first-last-frame video needs at least 5 frames (4n+1)")
         end = _cover_crop(end[:1], *start.shape[1:3])
     images = start if end is None else torch.cat([start, end])
-    clip_fea = clip.encode(images).reshape(1, -1, clip.config.dim)  # flf2v: start tokens, then end tokens
+    clip_fea = None if clip is None else clip.encode(images).reshape(1, -1, clip.config.dim)  # flf2v: start, end
     device = vae.conv2.weight.device
     video = torch.zeros(1, 3, frames, height, width, device=device)
     video[:, :, 0] = _to_model_frame(start, height, width).to(device)
@@ -97,4 +98,4 @@ def image_conditioning(vae: WanVAE, clip: ClipVision, start: torch.Tensor, width
     latents = normalize_latents(vae.encode(video.clamp(-1, 1)))
     lat_h, lat_w = height // VAE_STRIDE[1], width // VAE_STRIDE[2]
     mask = frame_mask(frames, lat_h, lat_w, last_known=end is not None).to(latents.device)
-    return ImageEmbeds(clip_fea.cpu(), torch.cat([mask, latents], dim=1).cpu())
+    return ImageEmbeds(None if clip_fea is None else clip_fea.cpu(), torch.cat([mask, latents], dim=1).cpu())

@@ -85,6 +85,9 @@ class RenderJob:
     def conditioning(self) -> dict:
         """The model's image / VACE conditioning, as :func:`~wan_core.sample` takes it."""
         out = {} if self.image is None else {"clip_fea": self.image.clip_fea, "y": self.image.y}
+        config = getattr(self.model, "config", None)
+        if out.get("clip_fea") is not None and config is not None and not config.has_image_branch:
+            out["clip_fea"] = None  # a CLIP vision wired to a model without a CLIP branch (Wan2.2 i2v): unused
         if self.vace is not None:
             out.update(vace_context=self.vace.context, vace_strength=self.vace.strength)
         return out

@@ -13,9 +13,10 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .errors import InputError
-from .loading.lora import LoraFile, read_lora
+from .loading.lora import IMAGE_BRANCH, LoraFile, read_lora
 from .models.dit import WanDiT
 from .runtime.patches import LowRank, WeightPatchSum, parameter_shapes, stack_patches
 
@@ -38,7 +39,7 @@ def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None 
         check_lora_strength(item, strength)
     patches, names = {}, []
     for item, strength in loras:
-        lora = item if isinstance(item, LoraFile) else read_lora(item)
+        lora = skip_image_branch(item if isinstance(item, LoraFile) else read_lora(item), model.config)
         check_lora_fits(lora, model)
         names.append((lora.name, float(strength)))
         if strength:
@@ -49,6 +50,21 @@ def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None 
     handle.loras = (*getattr(model, "loras", ()), *names)
     log.info("LoRAs %s on %s: %d tensors patched", names, model.config.label, len(patches))
     return handle
+
+
+def skip_image_branch(lora: LoraFile, config) -> LoraFile:
+    """``lora`` without its CLIP image-branch updates (k_img, v_img, img_emb) when ``config`` is an image-to-video
+    model without that branch (a Wan2.1 i2v LoRA on a Wan2.2 i2v expert): one warning names what was skipped.
+    Any other model gets ``lora`` unchanged (a text-to-video model refuses it in :func:`check_lora_fits`)."""
+    if not (lora.needs_image_branch and config.takes_image_latents and not config.has_image_branch):
+        return lora
+    skipped = [t for t in lora.targets if IMAGE_BRANCH.search(t)]
+    log.warning("LoRA %s: %d updates of the CLIP image branch skipped, %s has none (Wan2.2 takes the image through "
+                "its latents): %s%s", lora.name, len(skipped), config.label, ", ".join(skipped[:6]),
+                f", ... ({len(skipped) - 6} more)" if len(skipped) > 6 else "")
+    keep = set(lora.targets) - set(skipped)
+    return replace(lora, pairs={k: v for k, v in lora.pairs.items() if k in keep},
+                   deltas={k: v for k, v in lora.deltas.items() if k in keep})
 
 
 MERGE_LIMIT_BYTES = 4 * 2**30

@@ -64,8 +64,12 @@ def image_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, s
         check_image("end image", end)
     task = "flf2v" if end is not None else "i2v"
     settings, host = _prepare(dit, task, request, prompt, negative, settings, choices, host)
+    if dit.config.has_image_branch and clip is None:
+        raise InputError(f"this {task} model takes CLIP vision tokens of the image: load a CLIP vision model "
+                         "(clip_vision_h.safetensors) and give it")
+    clip = clip if dit.config.has_image_branch else None  # Wan2.2 i2v: the image goes in through y only
     embeds = encode_text(text_encoder, prompt, negative, host, settings.vram_budget)
-    with host.on_device(clip, vae):
+    with host.on_device(*(m for m in (clip, vae) if m is not None)):
         image = image_conditioning(vae, clip, start, width, height, frames, end=end)
     return RenderJob(dit, embeds, settings, request, image=image, manifest=manifest).run(host)
 

@@ -48,7 +48,7 @@ _PARTS = {
     "diffusers": {"down": "lora_A.weight", "up": "lora_B.weight", "alpha": "alpha", "diff_b": "lora_B.bias"},
 }
 _ROLES = {part: role for parts in _PARTS.values() for role, part in parts.items()}
-_IMAGE_BRANCH = re.compile(r"(\.k_img|\.v_img|\.norm_k_img|^img_emb\.)")
+IMAGE_BRANCH = re.compile(r"(\.k_img|\.v_img|\.norm_k_img|^img_emb\.)")
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class LoraFile:
 
     @property
     def needs_image_branch(self) -> bool:
-        return any(_IMAGE_BRANCH.search(t) for t in self.targets)
+        return any(IMAGE_BRANCH.search(t) for t in self.targets)
 
 
 def read_lora(path: str | os.PathLike) -> LoraFile:

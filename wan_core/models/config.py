@@ -32,7 +32,7 @@ KNOWN_DEPTHS = {1536: 30, 5120: 40}
 class DiTConfig:
     """Architecture of one Wan2.1 diffusion transformer."""
 
-    model_type: str = "t2v"  # "t2v", "i2v" (CLIP image branch) or "flf2v" (i2v + two-image position embedding)
+    model_type: str = "t2v"  # "t2v", "i2v" (image latents in y), "flf2v" (start and end images) or "vace"
     dim: int = 1536  # transformer width
     ffn_dim: int = 8960  # hidden width of each block's feed-forward
     num_layers: int = 30  # number of transformer blocks
@@ -43,7 +43,7 @@ class DiTConfig:
     freq_dim: int = 256  # width of the sinusoidal time embedding
     eps: float = 1e-6  # epsilon of every norm
     patch_size: tuple[int, int, int] = PATCH_SIZE  # (t, h, w) patch in latent cells
-    clip_dim: int = CLIP_DIM  # width of the CLIP image tokens (i2v / flf2v)
+    clip_dim: int = CLIP_DIM  # width of the CLIP image tokens (Wan2.1 i2v / flf2v); 0: no CLIP branch (Wan2.2 i2v)
     vace_layers: tuple[int, ...] = ()  # VACE: the blocks after which each VACE block's hint is added
     vace_in_dim: int = VACE_CHANNELS  # VACE: channels of the VACE context
 
@@ -66,9 +66,15 @@ class DiTConfig:
         return HEAD_DIM
 
     @property
-    def has_image_branch(self) -> bool:
-        """True for i2v / flf2v: cross-attention has k_img / v_img and the model takes CLIP tokens."""
+    def takes_image_latents(self) -> bool:
+        """True for i2v / flf2v: the model takes ``y`` (the image's mask and latents beside the noise)."""
         return self.model_type in ("i2v", "flf2v")
+
+    @property
+    def has_image_branch(self) -> bool:
+        """True for Wan2.1 i2v / flf2v: cross-attention has k_img / v_img and the model takes CLIP tokens (the
+        Wan2.2 A14B image-to-video experts take the image through ``y`` only)."""
+        return self.takes_image_latents and self.clip_dim > 0
 
     @property
     def clip_tokens(self) -> int:
@@ -102,6 +108,7 @@ T2V_1_3B = DiTConfig("t2v", dim=1536, ffn_dim=8960, num_layers=30)
 T2V_14B = DiTConfig("t2v", dim=5120, ffn_dim=13824, num_layers=40)
 I2V_14B = DiTConfig("i2v", dim=5120, ffn_dim=13824, num_layers=40, in_dim=36)
 FLF2V_14B = replace(I2V_14B, model_type="flf2v")
+I2V_A14B = replace(I2V_14B, clip_dim=0)  # each Wan2.2 image-to-video expert (the text-to-video ones are t2v-14B)
 VACE_1_3B = replace(T2V_1_3B, model_type="vace", vace_layers=tuple(range(0, 30, 2)))
 VACE_14B = replace(T2V_14B, model_type="vace", vace_layers=tuple(range(0, 40, 5)))
 
@@ -110,6 +117,7 @@ PRESETS: dict[str, DiTConfig] = {
     "t2v-14B": T2V_14B,
     "i2v-14B": I2V_14B,
     "flf2v-14B": FLF2V_14B,
+    "i2v-A14B": I2V_A14B,
     "vace-1.3B": VACE_1_3B,
     "vace-14B": VACE_14B,
 }
@@ -140,7 +148,7 @@ def detect(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> D
     freq_dim = _shape(shapes, "time_embedding.0.weight", path)[1]
     if "img_emb.emb_pos" in shapes:
         model_type = "flf2v"
-    elif "img_emb.proj.0.bias" in shapes:
+    elif "img_emb.proj.0.bias" in shapes or in_dim == 2 * LATENT_CHANNELS + 4:  # Wan2.2 i2v: y without CLIP
         model_type = "i2v"
     else:
         model_type = "t2v"
@@ -153,7 +161,8 @@ def detect(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> D
         raise CheckpointError(f"{path}: a Wan2.1 DiT of width {dim} has {KNOWN_DEPTHS[dim]} transformer blocks, "
                               f"this file has {len(layers)}; it is incomplete or "
                               "altered, fetch the file again")
-    clip_dim = _shape(shapes, "img_emb.proj.0.weight", path)[0] if model_type != "t2v" else CLIP_DIM
+    clip_dim = _shape(shapes, "img_emb.proj.0.weight", path)[0] if "img_emb.proj.0.weight" in shapes else (
+        0 if model_type == "i2v" else CLIP_DIM)
     vace = _vace(shapes, len(layers), path) if "vace_patch_embedding.weight" in shapes else {}
     return DiTConfig(model_type="vace" if vace else model_type, dim=dim, ffn_dim=ffn_dim, num_layers=len(layers),
                      in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,

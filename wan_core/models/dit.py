@@ -395,14 +395,18 @@ class WanDiT(nn.Module):
                              "(1.3B or 14B) to use control videos, masks or reference images")
         if vace_context is not None and (vace_context.dim() != 5 or vace_context.shape[1] != cfg.vace_in_dim):
             raise InputError(f"vace_context must be [B, {cfg.vace_in_dim}, F', h, w], got {tuple(vace_context.shape)}")
-        if cfg.has_image_branch and (clip_fea is None or y is None):
-            raise InputError(f"this is an {cfg.model_type} model: it needs image conditioning "
-                             "(clip_fea and y, from WanCoreImageToVideo / image_to_video); got none")
-        if not cfg.has_image_branch and (clip_fea is not None or y is not None):
+        needs = "clip_fea and y" if cfg.has_image_branch else "y"
+        if (cfg.takes_image_latents and y is None) or (cfg.has_image_branch and clip_fea is None):
+            raise InputError(f"this is an {cfg.model_type} model: it needs image conditioning ({needs}, from "
+                             "WanCoreImageToVideo / image_to_video); got none")
+        if not cfg.takes_image_latents and (clip_fea is not None or y is not None):
             what = "VACE model (give it a reference image through VACE conditioning)" if cfg.vace_layers \
                 else "text-to-video model"
             raise InputError(f"this is a {what}: it takes no image conditioning; "
                              "load an i2v / flf2v checkpoint to animate an image")
+        if not cfg.has_image_branch and clip_fea is not None:
+            raise InputError(f"this is {cfg.label}, which has no CLIP image branch (Wan2.2 takes the image through "
+                             "y only): give it no CLIP vision tokens")
         if clip_fea is not None and tuple(clip_fea.shape[1:]) != (cfg.clip_tokens, cfg.clip_dim):
             raise InputError(f"clip_fea must be [B, {cfg.clip_tokens}, {cfg.clip_dim}] for {cfg.model_type}, "
                              f"got {tuple(clip_fea.shape)}")
