@@ -44,6 +44,7 @@ from .manifest import versions as manifest_versions
 from .models.clip_vision import ClipVision
 from .models.config import PRESETS, DiTConfig, detect
 from .models.dit import WanDiT
+from .models.experts import EXPERT_DEFAULTS, ExpertPair
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
 from .models.vae_tiling import decode_bytes, decode_tiled, decode_with_fallback, encode_tiled, tile_for_budget
@@ -84,7 +85,7 @@ from .runtime import (
     resolve_placement,
 )
 from .runtime.memory import available_bytes
-from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, sample
+from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, sample, sample_pair
 from .sampling.request import SampleRequest, check_seed
 from .sampling.resume import ResumeFile, ResumeStore
 from .sampling.settings import RenderSettings, setting_help
@@ -127,7 +128,7 @@ __all__ = [
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "LoraFile", "read_lora", "apply_loras",
     "is_later_shard",
     "check_lora_fits", "lora_patches", "ClipVision", "PRESETS", "DiTConfig", "detect",
-    "WanDiT", "TextEncoder", "WanVAE", "decode_bytes",
+    "WanDiT", "ExpertPair", "EXPERT_DEFAULTS", "TextEncoder", "WanVAE", "decode_bytes",
     "decode_tiled", "decode_with_fallback", "encode_tiled", "tile_for_budget",
     # runtime
     "CACHE_KINDS", "DTYPES", "AttentionBackend", "FirstBlockCache", "MagCache", "TeaCache", "StepCacheSettings",
@@ -138,7 +139,7 @@ __all__ = [
     "register_backend", "resolve_placement",
     # sampling
     "SAMPLERS", "SampleRequest", "ResumeFile", "ResumeStore", "cfg_branches", "check_render", "check_seed",
-    "check_tensors", "sample",
+    "check_tensors", "sample", "sample_pair",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

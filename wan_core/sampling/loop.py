@@ -186,7 +186,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            callback: Callable[[int, int, torch.Tensor], None] | None = None,
            interrupt: Callable[[], bool] | None = None, resume: ResumeFile | ResumeStore | None = None,
            stop_after: int | None = None, manifest: dict | None = None, vace_context: torch.Tensor | None = None,
-           vace_strength: float = 1.0) -> torch.Tensor:
+           vace_strength: float = 1.0, start_step: int = 0, start_state: SolverState | None = None,
+           on_stop: Callable[[SolverState], None] | None = None) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
 
     model: a :class:`~wan_core.models.dit.WanDiT` (or any callable with its signature, ``render`` included).
@@ -204,8 +205,19 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     finishes. stop_after: stop after that many steps (of ``steps``),
     keeping the resume file, and return the prediction of the final latent at that point.
     vace_context ``[B, 96, F', H/8, W/8]`` and vace_strength: a VACE model's conditioning (:mod:`wan_core.vace`).
+    start_step: begin at this step of the schedule, from ``start_state`` (the solver state another render stopped
+    with: the same render goes on bit-identically) or else from ``latent`` as the noisy latent at that step (the
+    solver's history starts afresh). on_stop(state): when ``stop_after`` stops the render, it is handed the
+    solver state (a hand-over: the resume file is then removed, the next render continues from the state).
+    model may be an :class:`~wan_core.ExpertPair`: each expert runs its steps (see :func:`sample_pair`).
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
+    if getattr(model, "is_expert_pair", False):
+        return sample_pair(model, context, negative, request=request, latent=latent, seed=seed, steps=steps,
+                           cfg=cfg, shift=shift, sampler=sampler, denoise=denoise, clip_fea=clip_fea, y=y,
+                           render=render, callback=callback, interrupt=interrupt, resume=resume,
+                           stop_after=stop_after, manifest=manifest, vace_context=vace_context,
+                           vace_strength=vace_strength)
     render = render or RenderContext()
     check_settings(seed, steps, cfg, shift, denoise)
     is_module = isinstance(model, torch.nn.Module)
@@ -226,12 +238,14 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
 
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
         raise InputError(f"stop_after must be a whole number of steps (0: run to the end), got {stop_after!r}")
+    start_state = _check_start(start_step, start_state, latent, denoise, schedule.steps, shape)
     identity = state = None
     if resume is not None:
         tensors = {"context": context, "negative": negative, "latent": latent, "clip_fea": clip_fea, "y": y,
-                   "vace_context": vace_context}
+                   "vace_context": vace_context, "start": None if start_state is None else start_state.x}
         settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
-                        **({"vace_strength": vace_strength} if vace_context is not None else {}))
+                        **({"vace_strength": vace_strength} if vace_context is not None else {}),
+                        **({"start_step": start_step} if start_step else {}))
         identity = render_identity(model, tensors, settings, render)
         if isinstance(resume, ResumeStore):
             resume = resume.file_for(identity)
@@ -241,6 +255,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
             runner_state = {k[len(RUNNER):]: v for k, v in state.history.items() if k.startswith(RUNNER)}
             if runner_state:
                 render.runner.load_state(runner_state)
+    state = state or start_state  # a resume file of this very render wins over the hand-over it started from
     x = make_noise(shape, seed).to(device)
     if latent is not None and denoise < 1.0:
         s0 = schedule.sigmas[0].item()
@@ -267,9 +282,12 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         if interrupt is not None and interrupt() and i + 1 < schedule.steps:
             raise RenderInterrupted(f"render interrupted after step {i + 1} of {schedule.steps}")
 
+    last = []  # the newest solver state, for a hand-over at stop_after
+
     def checkpoint(solver_state: SolverState) -> None:
-        if not is_finite(solver_state.x):
-            return  # on_step stops the render right after; a non-finite state is never worth resuming
+        last[:] = [solver_state]
+        if resume is None or not is_finite(solver_state.x):
+            return  # on_step stops a non-finite render right after; such a state is never worth resuming
         if hasattr(render.runner, "state"):  # a step cache: its state resumes with the solver's
             extra = {RUNNER + k: v for k, v in render.runner.state().items()}
             solver_state = SolverState(solver_state.step, solver_state.x, {**solver_state.history, **extra},
@@ -279,8 +297,13 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     log.info("sampling %s: %d steps, shift %s, cfg %s, latent %s", sampler, schedule.steps, shift, cfg, shape)
     try:
         with torch.no_grad():
-            out = SAMPLERS[sampler].solve(fn, x, schedule, on_step, checkpoint if resume else None, state)
+            out = SAMPLERS[sampler].solve(fn, x, schedule, on_step, checkpoint if resume or on_stop else None, state)
     except _Stopped as stopped:
+        if on_stop is not None:
+            if resume is not None:
+                resume.remove()  # handed over: the next render goes on from the state, with its own resume file
+            on_stop(last[0])
+            return denormalize_latents(stopped.x0)
         if resume is not None:
             resume.flush()
         log.info("stopped after step %d of %d; the render continues from there when run again", stopped.step,
@@ -294,6 +317,65 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     if resume is not None:
         resume.remove()
     return denormalize_latents(out)
+
+
+def expert_phases(pair, steps: int, shift: float, sampler: str, denoise: float, cfg: float,
+                  stop_after: int | None = None) -> list[tuple[object, int, int, float]]:
+    """The stretches of a pair render: ``(expert, first step, end step, cfg)`` for the high-noise expert's leading
+    steps and the low-noise one's rest (one of them may be empty and is left out), ending at ``stop_after``."""
+    schedule = build_schedule(sampler, steps, shift, denoise, pair.config.dim)
+    switch, end = pair.switch_step(schedule.timesteps), stop_after or schedule.steps
+    phases = [(pair.high, 0, min(switch, end), cfg if pair.cfg_high is None else pair.cfg_high),
+              (pair.low, switch, end, cfg if pair.cfg_low is None else pair.cfg_low)]
+    return [phase for phase in phases if phase[1] < phase[2]]
+
+
+def sample_pair(pair, context: torch.Tensor, negative: torch.Tensor | None = None, *, steps: int = 50,
+                cfg: float = 5.0, shift: float = 5.0, sampler: str = "unipc", denoise: float = 1.0,
+                render: RenderContext | Callable | None = None, stop_after: int | None = None,
+                between: Callable[[object, object], None] | None = None, **rest) -> torch.Tensor:
+    """:func:`sample` with an :class:`~wan_core.ExpertPair`: the high-noise expert's steps, then the low-noise
+    expert's from the solver state the first stretch stopped with, so the result is that of one solver run that
+    switches experts at the boundary (as the official loop does). render: one context for both, or
+    ``render(expert) -> RenderContext``; between(previous, next): called at the switch (a render job lets the
+    first expert leave the device there). Other arguments as :func:`sample`."""
+    phases = expert_phases(pair, steps, shift, sampler, denoise, cfg, stop_after)
+    state, out, latent = None, None, rest.pop("latent", None)
+    for index, (expert, first, end, scale) in enumerate(phases):
+        if index and between is not None:
+            between(phases[index - 1][0], expert)
+        kept: list[SolverState] = []
+        last = index == len(phases) - 1
+        context_for = render(expert) if callable(render) and not isinstance(render, RenderContext) else render
+        out = sample(expert, context, negative, steps=steps, cfg=scale, shift=shift, sampler=sampler,
+                     denoise=denoise, render=context_for, latent=latent,
+                     start_step=first, start_state=state, stop_after=end if not last else stop_after,
+                     on_stop=None if last else kept.append, **rest)
+        state = kept[0] if kept else None
+    return out
+
+
+def _check_start(start_step: int, start_state: SolverState | None, latent: torch.Tensor | None, denoise: float,
+                 steps: int, shape: tuple[int, ...]) -> SolverState | None:
+    """The solver state a render starting at ``start_step`` begins from (None: from noise at step 0), checked:
+    the hand-over ``start_state`` of that step, or ``latent`` (RAW) as the noisy latent there, history afresh."""
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < steps:
+        raise InputError(f"start_step must be a whole number of steps below steps ({steps}), got {start_step!r}")
+    if start_step == 0:
+        if start_state is not None:
+            raise InputError("a solver state to start from was given with start_step 0; give its step")
+        return None
+    if start_state is not None:
+        if start_state.step != start_step or tuple(start_state.x.shape) != tuple(shape):
+            raise InputError(f"the LATENT was stopped at step {start_state.step} with shape "
+                             f"{tuple(start_state.x.shape)}; this sampler starts at step {start_step} with "
+                             f"{tuple(shape)}: set start_step to {start_state.step} and the same size")
+        return start_state
+    if denoise != 1.0:
+        raise InputError(f"start_step {start_step} continues a render part-way; denoise must be 1.0 (got {denoise})")
+    if latent is None:
+        raise InputError(f"start_step {start_step} needs a LATENT to continue (the output of a sampler stopped there)")
+    return SolverState(start_step, normalize_latents(latent.float()))
 
 
 def _retry_out_of_memory(make: Callable[[], Denoise], render: RenderContext) -> Denoise:

@@ -89,7 +89,7 @@ def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: St
         s, s_next = sigmas[i], sigmas[i + 1]
         h = _lambda(s_next) - _lambda(s)
         decay = torch.exp(-h) - 1.0
-        first_order = i == 0 or i == n - 1
+        first_order = prev_x0 is None or i == n - 1  # the first step, also of a start without history
         x_next = (s_next / s) * x - (1 - s_next) * decay * x0
         if not first_order:
             r = (_lambda(s) - _lambda(sigmas[i - 1])) / h
@@ -142,10 +142,10 @@ def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
     last_order = resume.order if resume is not None else 1
     for i in range(first, n):
         x0 = x - sigmas[i] * denoise(x, schedule.timesteps[i])
-        if i > 0:
+        if last_x is not None:  # from the second step on (a start at step k without history: its second step)
             x = _unic(last_x, x0, x0s, sigmas, lam, i, last_order)
         x0s = (x0s + [x0])[-ORDER:]
-        order = min(ORDER, n - i, i + 1)
+        order = min(ORDER, n - i, len(x0s))
         last_x, last_order = x, order
         d1 = 0
         if order == 2:

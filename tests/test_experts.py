@@ -1,0 +1,135 @@
+"""The Wan2.2 expert pair: a render through ExpertPair against the official loop's expert switching (same tiny
+weights, solver and boundary), the community's two-sampler wiring against the pair render, and starting a sampler
+part-way from a LATENT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_dit_parity import _official_reference
+from tiny import T2V
+from wan_reference import wan_module
+
+import wan_core
+from wan_core import ExpertPair, SampleRequest
+
+SEED, SHIFT, STEPS, BOUNDARY, CFG_HIGH, CFG_LOW = 42, 12.0, 8, 0.875, 4.0, 3.0
+FRAMES, HEIGHT, WIDTH = 5, 64, 80
+REQUEST = SampleRequest(WIDTH, HEIGHT, FRAMES)
+
+
+def _official_pair_loop(high, low, context, negative):
+    """The official A14B loop (``wan/text2video.py``): one UniPC scheduler; a timestep >= boundary x 1000 runs the
+    high-noise model with its guidance (the config's (low, high) pair), every other step the low-noise one."""
+    mod = wan_module("utils.fm_solvers_unipc")
+    scheduler = mod.FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+    scheduler.set_timesteps(STEPS, shift=SHIFT)
+    boundary = BOUNDARY * 1000
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    latents = torch.randn(16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8, dtype=torch.float32, generator=generator)
+    seq_len = latents.shape[1] * latents.shape[2] * latents.shape[3] // 4
+    used = []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            model, scale = (high, CFG_HIGH) if t.item() >= boundary else (low, CFG_LOW)
+            used.append("high" if model is high else "low")
+            timestep = torch.stack([t])
+            cond = model([latents], t=timestep, context=[context], seq_len=seq_len)[0]
+            uncond = model([latents], t=timestep, context=[negative], seq_len=seq_len)[0]
+            pred = uncond + scale * (cond - uncond)
+            latents = scheduler.step(pred.unsqueeze(0), t, latents.unsqueeze(0), return_dict=False)[0].squeeze(0)
+    return latents, used
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("experts")
+    refs, ours = [], []
+    for name, seed in (("high", 31), ("low", 32)):
+        ref = _official_reference(T2V, seed=seed)
+        save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, folder / f"{name}.safetensors")
+        refs.append(ref)
+        ours.append(wan_core.load_dit(folder / f"{name}.safetensors"))
+    return refs, ours
+
+
+def _prompts():
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(1, 6, T2V.text_dim, generator=gen), torch.randn(1, 9, T2V.text_dim, generator=gen)
+
+
+class _Spy:
+    """Wraps a DiT, recording which one runs each call."""
+
+    def __init__(self, model, name, log):
+        self.model, self.name, self.log = model, name, log
+        self.config = model.config
+
+    def __call__(self, *args, **kwargs):
+        self.log.append(self.name)
+        return self.model(*args, **kwargs)
+
+    def check_conditioning(self, *args, **kwargs):
+        return self.model.check_conditioning(*args, **kwargs)
+
+
+def test_a_pair_render_equals_the_official_expert_switching(experts):
+    (ref_high, ref_low), (high, low) = experts
+    context, negative = _prompts()
+    expected, official_used = _official_pair_loop(ref_high, ref_low, context[0], negative[0])
+    calls = []
+    pair = ExpertPair(_Spy(high, "high", calls), _Spy(low, "low", calls), BOUNDARY, CFG_HIGH, CFG_LOW)
+    raw = wan_core.sample(pair, context, negative, request=REQUEST, seed=SEED, steps=STEPS, shift=SHIFT, cfg=9.0)
+    assert calls == official_used  # CFG batched: one call per step
+    assert 0 < official_used.count("high") < STEPS  # the switch happens inside the render
+    got = wan_core.normalize_latents(raw)[0]
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("sampler", ["unipc", "dpm++", "euler"])
+def test_two_samplers_wired_by_hand_equal_the_pair_render(experts, sampler):
+    """The high-noise sampler stopped at the switch hands its solver state to the low-noise sampler started there:
+    bit for bit the pair render."""
+    _, (high, low) = experts
+    context, negative = _prompts()
+    pair = ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW)
+    common = dict(request=REQUEST, seed=SEED, steps=STEPS, shift=SHIFT, sampler=sampler)
+    whole = wan_core.sample(pair, context, negative, **common)
+    switch = pair.switch_step(wan_core.sampling.loop.build_schedule(sampler, STEPS, SHIFT, 1.0).timesteps)
+    kept = []
+    first = wan_core.sample(high, context, negative, cfg=CFG_HIGH, stop_after=switch, on_stop=kept.append, **common)
+    assert kept[0].step == switch and first.shape == whole.shape
+    second = wan_core.sample(low, context, negative, cfg=CFG_LOW, start_step=switch, start_state=kept[0],
+                             latent=first, **common)
+    assert torch.equal(second, whole)
+
+
+def test_a_sampler_starts_from_a_plain_noisy_latent(experts):
+    """Without a solver state (a LATENT with leftover noise from elsewhere), the LATENT is the noisy latent at that
+    step and the solver starts afresh: for euler, which keeps no history, that is the same render (up to the
+    rounding of the LATENT's RAW scaling)."""
+    _, (high, low) = experts
+    context, negative = _prompts()
+    common = dict(request=REQUEST, seed=SEED, steps=STEPS, shift=SHIFT, sampler="euler", cfg=CFG_LOW)
+    whole = wan_core.sample(high, context, negative, **common)
+    kept = []
+    wan_core.sample(high, context, negative, stop_after=3, on_stop=kept.append, **common)
+    noisy = wan_core.denormalize_latents(kept[0].x)
+    got = wan_core.sample(high, context, negative, start_step=3, latent=noisy, **common)
+    assert ((got - whole).abs().max() / whole.abs().max()).item() <= 1e-5  # the RAW round trip, 5 steps on
+    with pytest.raises(wan_core.InputError, match="set start_step to 3"):
+        wan_core.sample(high, context, negative, start_step=4, start_state=kept[0], latent=noisy, **common)
+    with pytest.raises(wan_core.InputError, match="needs a LATENT"):
+        wan_core.sample(high, context, negative, start_step=3, **common)
+
+
+def test_a_pair_checks_its_experts_and_settings(experts):
+    _, (high, _) = experts
+    other = wan_core.WanDiT(wan_core.DiTConfig("t2v", dim=256, ffn_dim=256, num_layers=2, text_dim=T2V.text_dim))
+    with pytest.raises(wan_core.InputError, match="one architecture"):
+        ExpertPair(high, other, 0.875)
+    with pytest.raises(wan_core.InputError, match="between 0 and 1"):
+        ExpertPair(high, high, 1.5)
+    pair = ExpertPair.with_defaults(high, high)
+    assert (pair.boundary, pair.cfg_high, pair.cfg_low) == (0.875, 4.0, 3.0)
