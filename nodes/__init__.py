@@ -4,6 +4,7 @@ Reached only relatively from the pack root, never as a top-level ``nodes`` (Comf
 """
 
 from .cache import WanCoreCache
+from .experts import WanCoreExpertPair
 from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
 from .loaders import WanCoreLoraLoader, WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
 from .sampler import WanCoreSampler
@@ -29,6 +30,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreVACEConditioning": WanCoreVACEConditioning,
     "WanCoreVACEExtend": WanCoreVACEExtend,
     "WanCoreVACEOutpaint": WanCoreVACEOutpaint,
+    "WanCoreExpertPair": WanCoreExpertPair,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -48,4 +50,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanCoreVACEConditioning": "Wan VACE Conditioning (WanCore)",
     "WanCoreVACEExtend": "Wan VACE Extend Clip (WanCore)",
     "WanCoreVACEOutpaint": "Wan VACE Outpaint Clip (WanCore)",
+    "WanCoreExpertPair": "Wan Expert Pair (WanCore)",
 }

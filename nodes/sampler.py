@@ -5,9 +5,20 @@ memory plan, placement, cache, compile, resume, progress) is the engine's one re
 
 from __future__ import annotations
 
-from ..wan_core import SAMPLERS, RenderJob, RenderSettings, SampleRequest, attention_backends, manifest_versions
+from ..wan_core import (
+    SAMPLERS,
+    RenderJob,
+    RenderSettings,
+    SampleRequest,
+    SolverState,
+    attention_backends,
+    manifest_versions,
+)
 from ..wan_core import setting_help as tip
 from . import host
+
+STATE_KEY = "wancore_solver_state"
+"""The LATENT entry of a sampler stopped with stop_after: its solver state, for a sampler that starts there."""
 
 _FROM_CONDITIONING = ("Greyed out and not used while image_embeds, vace or latent is connected: the size set "
                       "there renders.")
@@ -25,7 +36,8 @@ class WanCoreSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("WANCORE_MODEL", {"tooltip": "From WanCoreModelLoader."}),
+            "model": ("WANCORE_MODEL", {"tooltip": "From WanCoreModelLoader, or Wan Expert Pair (Wan2.2 A14B: the "
+                      "two experts, each for its steps, with their own cfg)."}),
             "embeds": ("WANCORE_TEXT_EMBEDS", {"tooltip": "From WanCoreTextEncode."}),
             "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16, "tooltip": "Pixels, a multiple "
                               "of 16. 832x480 (or 1280x720 for 14B) as trained. " + _FROM_CONDITIONING}),
@@ -55,16 +67,22 @@ class WanCoreSampler:
             "vram_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5,
                                          "tooltip": tip("vram_budget")}),
             "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache. " + tip("cache")}),
+            "start_step": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": tip("start_step")}),
         }}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
             latent=None, image_embeds=None, vace=None, resume="auto", stop_after=0, attention="sdpa",
-            compile=False, cache=None, vram_budget_gb=0.0):
+            compile=False, cache=None, vram_budget_gb=0.0, start_step=0):
         host.render_started()
         settings = RenderSettings(sampler=sampler, steps=steps, cfg=cfg, shift=shift, seed=seed, denoise=denoise,
                                   stop_after=stop_after, cache=cache, attention=attention, compile=compile,
-                                  vram_budget=vram_budget_gb, resume=resume)
+                                  vram_budget=vram_budget_gb, resume=resume, start_step=start_step)
         manifest = {"node": "WanCoreSampler", "settings": settings.to_manifest(), "versions": manifest_versions()}
+        state = latent.get(STATE_KEY) if latent is not None and start_step else None
         job = RenderJob(model, embeds, settings, SampleRequest(width, height, frames),
-                        None if latent is None else latent["samples"], image_embeds, vace, manifest)
-        return ({"samples": job.run(host.HOST)},)
+                        None if latent is None else latent["samples"], image_embeds, vace, manifest, state)
+        kept: list[SolverState] = []
+        out = {"samples": job.run(host.HOST, on_stop=kept.append)}
+        if kept:  # stopped: a sampler started at this step from this LATENT goes on exactly
+            out[STATE_KEY] = kept[0]
+        return (out,)

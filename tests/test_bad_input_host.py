@@ -219,10 +219,15 @@ def test_cli_refuses_before_loading_any_model(tmp_path, capsys, loads, monkeypat
 
 
 def test_cli_image_task_without_a_clip_vision_file_names_the_fix(tmp_path, capsys):
+    """A Wan2.1 i2v DiT (it has a CLIP branch) and no clip_vision file; Wan2.2's experts need none (test_wan22_dit)."""
+    import shutil
+
     models = tmp_path / "models"
     for kind in ("diffusion_models", "text_encoders", "vae"):
         (models / kind).mkdir(parents=True)
         (models / kind / "model.safetensors").write_bytes(b"")
+    i2v = wan_core.demo.write_demo_models(tmp_path / "demo")["i2v"]
+    shutil.copy(i2v, models / "diffusion_models" / "model.safetensors")
     code = main(["i2v", "--models", str(models), "--prompt", "x", "--image", "x.png", "--out", str(tmp_path / "o.mp4")])
     err = capsys.readouterr().err
     assert code == 2 and "pick the clip_vision file with --clip-vision" in err, err

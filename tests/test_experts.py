@@ -133,3 +133,81 @@ def test_a_pair_checks_its_experts_and_settings(experts):
         ExpertPair(high, high, 1.5)
     pair = ExpertPair.with_defaults(high, high)
     assert (pair.boundary, pair.cfg_high, pair.cfg_low) == (0.875, 4.0, 3.0)
+
+
+@pytest.fixture()
+def pack_models(tmp_path, monkeypatch):
+    """The demo text encoder and two demo-size t2v experts in a models folder the nodes read."""
+    from tiny import random_official_state
+
+    from wan_core.demo import DIT, write_demo_models
+
+    models = tmp_path / "models"
+    demo = write_demo_models(models)
+    for name, seed in (("high.safetensors", 1), ("low.safetensors", 2)):
+        save_file(random_official_state(DIT, seed=seed), models / "diffusion_models" / name)
+    monkeypatch.setenv("WANCORE_MODELS", str(models))
+    monkeypatch.setenv("WANCORE_OUTPUT", str(tmp_path / "output"))
+    return demo
+
+
+def test_through_the_nodes_two_samplers_equal_the_expert_pair_node(pack_models):
+    """The community wiring (a high-noise sampler stopped at the switch feeding a low-noise sampler started there)
+    and one sampler on the Wan Expert Pair node: the same LATENT, bit for bit; a LoRA loader on a pair is refused."""
+    from workflow_runner import load_pack
+
+    pack = load_pack()
+    nodes = pack.NODE_CLASS_MAPPINGS
+    load = nodes["WanCoreModelLoader"]().load
+    high, low = load("high.safetensors", "default")[0], load("low.safetensors", "default")[0]
+    encoder = nodes["WanCoreTextEncoderLoader"]().load(pack_models["text_encoders"].name, "default")[0]
+    embeds = nodes["WanCoreTextEncode"]().encode(encoder, "a fox", "blurry")[0]
+    pair = nodes["WanCoreExpertPair"]().join(high, low, 0.0, 4.0, 3.0)[0]
+    sampler = nodes["WanCoreSampler"]()
+    size = dict(width=64, height=48, frames=5, seed=7, steps=6, shift=12.0, sampler="unipc", denoise=1.0, resume="off")
+    whole = sampler.run(pair, embeds, cfg=5.0, **size)[0]
+    from wan_core.sampling.loop import build_schedule
+
+    switch = pair.switch_step(build_schedule("unipc", 6, 12.0, 1.0).timesteps)
+    first = sampler.run(high, embeds, cfg=4.0, stop_after=switch, **size)[0]
+    assert "wancore_solver_state" in first
+    second = sampler.run(low, embeds, cfg=3.0, latent=first, start_step=switch, **size)[0]
+    assert torch.equal(second["samples"], whole["samples"])
+    with pytest.raises(pack.wan_core.InputError, match="each expert"):
+        nodes["WanCoreLoraLoader"]().load(pair, pack_models["lora"].name, 1.0)
+
+
+def test_a_pair_render_places_one_expert_at_a_time(experts):
+    """Through the render job: the high-noise expert is placed for its steps, released at the switch (inside
+    ComfyUI: its model manager unloads it), then the low-noise expert is placed by its own memory plan."""
+    import contextlib
+
+    _, (high, low) = experts
+    events = []
+
+    class Recording(wan_core.StandaloneHost):
+        def hold(self, model, extra_bytes=0):
+            @contextlib.contextmanager
+            def held():
+                events.append(("hold", "high" if model is high else "low"))
+                with super(Recording, self).hold(model, extra_bytes) as device:
+                    yield device
+            return held()
+
+        def release(self, model):
+            events.append(("release", "high" if model is high else "low"))
+            super().release(model)
+
+        def report(self, line):
+            if line.startswith("memory plan"):
+                events.append(("plan",))
+
+    context, negative = _prompts()
+    settings = wan_core.RenderSettings(steps=STEPS, shift=SHIFT, seed=SEED, resume="off")
+    job = wan_core.RenderJob(ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW),
+                             wan_core.TextEmbeds(context, negative), settings, REQUEST)
+    raw = job.run(Recording("cpu"))
+    assert events == [("plan",), ("hold", "high"), ("release", "high"), ("plan",), ("hold", "low")]
+    expected = wan_core.sample(ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW), context, negative,
+                               request=REQUEST, seed=SEED, steps=STEPS, shift=SHIFT)
+    assert torch.equal(raw, expected)

@@ -78,10 +78,12 @@ def test_the_node_the_cli_and_the_task_function_render_the_same_latent(demo, tmp
 
 # a value other than the default for every field (None slots: the only value they take until their capability lands)
 SAMPLES = {"sampler": "dpm++", "steps": 7, "cfg": 4.5, "shift": 3.0, "seed": 2**63 + 5, "denoise": 0.6,
-           "stop_after": 3, "cache": StepCacheSettings("tea", 0.15, 0.25, 1), "attention": "auto", "compile": True,
+           "stop_after": 3, "start_step": 2, "cache": StepCacheSettings("tea", 0.15, 0.25, 1), "attention": "auto",
+           "compile": True,
            "vram_budget": 2.5, "resume": "off", "experts": None, "context": None, "parallel": None}
-NOT_ON_THE_COMMAND_LINE = {"denoise", "experts", "context", "parallel"}
-"""Fields the CLI cannot take: it renders from noise (denoise 1), and the slots of capabilities to come."""
+NOT_ON_THE_COMMAND_LINE = {"denoise", "start_step", "experts", "context", "parallel"}
+"""Fields the CLI cannot take: it renders from noise (denoise 1, start_step 0: it takes no LATENT), and the slots of
+capabilities to come."""
 
 
 def test_every_settings_field_has_a_sample_and_a_place_on_the_command_line():

@@ -89,6 +89,7 @@ from .sampling.loop import SAMPLERS, cfg_branches, check_render, check_tensors, 
 from .sampling.request import SampleRequest, check_seed
 from .sampling.resume import ResumeFile, ResumeStore
 from .sampling.settings import RenderSettings, setting_help
+from .sampling.solvers import SolverState
 from .stages import TILINGS, decode_latent, encode_text, encode_video, vae_tile
 from .vace import VaceEmbeds, extension_source, outpaint_source, vace_conditioning, vace_request
 from .video import (
@@ -139,7 +140,7 @@ __all__ = [
     "register_backend", "resolve_placement",
     # sampling
     "SAMPLERS", "SampleRequest", "ResumeFile", "ResumeStore", "cfg_branches", "check_render", "check_seed",
-    "check_tensors", "sample", "sample_pair",
+    "check_tensors", "sample", "sample_pair", "SolverState",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

@@ -12,6 +12,7 @@ models of this one path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,10 +24,11 @@ from .runtime.context import RenderContext
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
 from .runtime.runners import CompiledRunner, ResidentRunner, compile_unavailable
 from .runtime.streaming import module_bytes
-from .sampling.loop import cfg_branches, check_tensors, least_render_bytes, sample
+from .sampling.loop import cfg_branches, check_tensors, expert_phases, least_render_bytes, sample
 from .sampling.request import SampleRequest
 from .sampling.resume import ResumeStore
 from .sampling.settings import RenderSettings
+from .sampling.solvers import SolverState
 from .vace import VaceEmbeds
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class RenderJob:
     image: ImageEmbeds | None = None
     vace: VaceEmbeds | None = None
     manifest: dict | None = None  # stored in the resume file (and by the caller in what it writes)
+    start_state: SolverState | None = None  # settings.start_step > 0: the solver state a stopped render handed over
 
     @property
     def size(self) -> SampleRequest:
@@ -105,50 +108,77 @@ class RenderJob:
         if host is not None:
             check_room(host, model, self.settings, self.shape)
 
-    def plan(self, device: torch.device, budget: int | None) -> MemoryPlan:
-        """The memory plan for ``budget`` bytes (None: the planner's default); a step cache keeps CFG batched."""
-        guided = cfg_branches(self.embeds.negative, self.settings.cfg) == 2
-        return plan_for(self.model, self.shape, guided, device, budget, allow_sequential=self.settings.cache is None)
+    def plan(self, device: torch.device, budget: int | None, model=None, cfg: float | None = None) -> MemoryPlan:
+        """The memory plan of ``model`` (default: the job's; an expert of a pair) guided at ``cfg`` for ``budget``
+        bytes (None: the planner's default); a step cache keeps CFG batched."""
+        guided = cfg_branches(self.embeds.negative, self.settings.cfg if cfg is None else cfg) == 2
+        return plan_for(model or self.model, self.shape, guided, device, budget,
+                        allow_sequential=self.settings.cache is None)
 
-    def run(self, host: Host) -> torch.Tensor:
+    def phases(self) -> list[tuple[object, int, int, float]]:
+        """``(model, first step, end step, cfg)`` of each stretch of the render: one, or an expert pair's two (the
+        high-noise expert's steps, then the low-noise one's; see :func:`~wan_core.sampling.loop.expert_phases`)."""
+        settings = self.settings
+        if getattr(self.model, "is_expert_pair", False):
+            return expert_phases(self.model, settings.steps, settings.shift, settings.sampler, settings.denoise,
+                                 settings.cfg, settings.stop_after or None, settings.start_step)
+        return [(self.model, settings.start_step, settings.stop_after or settings.steps, settings.cfg)]
+
+    def run(self, host: Host, on_stop: Callable[[SolverState], None] | None = None) -> torch.Tensor:
         """Render on ``host``; returns the RAW latent ``[B, 16, F', h, w]`` float32 on the CPU (VACE reference
-        frames removed)."""
+        frames removed). An expert pair renders one expert at a time: at the switch the first leaves the device
+        (through the host: inside ComfyUI its model manager) and the second is placed by its own memory plan.
+        on_stop(state): with ``stop_after``, the solver state to hand to a sampler that goes on from there."""
         device = host.compute_device()
         self.check(device, host)
         note = self.size_note()
         if note is not None:
             host.report(note)
-        whole = self.plan(device, UNLIMITED)  # everything resident: what the host makes room for
-        plan = self.plan(device, host.budget(self.model, whole.peak, self.settings.vram_budget))
+        settings, progress, folder = self.settings, host.progress(self.settings.steps), host.resume_folder()
+        resume = ResumeStore(folder) if settings.resume == "auto" and folder is not None else None
+        phases, state = self.phases(), self.start_state
+        for index, (model, first, end, cfg) in enumerate(phases):
+            if index:
+                host.release(phases[index - 1][0])
+            kept: list[SolverState] = []
+            last = index == len(phases) - 1
+            stop = (settings.stop_after or None) if last else end
+            args = dict(settings.sample_args(), cfg=cfg, start_step=first, start_state=state, stop_after=stop,
+                        on_stop=on_stop if last else kept.append, keep_resume=last, resume=resume,
+                        manifest=self.manifest, callback=lambda i, _n, x0: progress(i + 1, x0))
+            raw = self._sample(host, device, model, args)
+            state = kept[0] if kept else None
+        return self.vace.trim(raw) if self.vace is not None else raw
+
+    def _sample(self, host: Host, device: torch.device, model, args: dict) -> torch.Tensor:
+        """One stretch of the render with ``model`` placed by its own memory plan; the RAW latent on the CPU."""
+        whole = self.plan(device, UNLIMITED, model, args["cfg"])  # everything resident: what the host makes room for
+        plan = self.plan(device, host.budget(model, whole.peak, self.settings.vram_budget), model, args["cfg"])
         host.report(plan.describe())
 
         def replan(budget: int) -> MemoryPlan:  # after running out of memory: the model leaves the device first
-            host.release(self.model)
-            return self.plan(device, budget)
+            host.release(model)
+            return self.plan(device, budget, model, args["cfg"])
 
-        settings, progress, folder = self.settings, host.progress(self.settings.steps), host.resume_folder()
-        resume = ResumeStore(folder) if settings.resume == "auto" and folder is not None else None
-        placing = (host.streaming(self.model) if plan.streamed
-                   else host.hold(self.model, plan.peak - module_bytes(self.model)))
+        placing = host.streaming(model) if plan.streamed else host.hold(model, plan.peak - module_bytes(model))
         with host.cancellable() as interrupt, placing as device:
-            raw = sample(self.model, self.embeds.positive, self.embeds.negative, request=self.size,
-                         latent=self.latent, **settings.sample_args(), render=self.render(device, plan, replan),
-                         interrupt=interrupt, stop_after=settings.stop_after or None, resume=resume,
-                         manifest=self.manifest, callback=lambda i, _n, x0: progress(i + 1, x0),
+            raw = sample(model, self.embeds.positive, self.embeds.negative, request=self.size, latent=self.latent,
+                         render=self.render(device, plan, replan, model), interrupt=interrupt, **args,
                          **self.conditioning())
-        raw = raw.cpu()
-        return self.vace.trim(raw) if self.vace is not None else raw
+        return raw.cpu()
 
-    def render(self, device: torch.device, plan: MemoryPlan, replan) -> RenderContext:
-        """This render's context: its device, attention kernel and plan, a fresh step cache when one is chosen
-        (the published tables of this model at this size), compiled blocks when asked."""
-        settings, config = self.settings, self.model.config
+    def render(self, device: torch.device, plan: MemoryPlan, replan, model=None) -> RenderContext:
+        """This render's context for ``model`` (default: the job's): its device, attention kernel and plan, a fresh
+        step cache when one is chosen (the published tables of this model at this size), compiled blocks when
+        asked."""
+        model = model or self.model
+        settings, config = self.settings, model.config
         runner = ResidentRunner()
         if settings.cache is not None:
             _, _, _, h, w = self.shape
             runner = settings.cache.runner(settings.steps, cfg_branches(self.embeds.negative, settings.cfg),
                                            config.model_type, config.dim, h * VAE_STRIDE[1] * w * VAE_STRIDE[2])
-        refused = compile_unavailable(self.model, device) if settings.compile else None
+        refused = compile_unavailable(model, device) if settings.compile else None
         if refused:
             log.warning("compile is off for this render, which runs eagerly: %s", refused)
         compiled = settings.compile and not refused

@@ -35,6 +35,9 @@ def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None 
     blocks the model lacks) raises :class:`InputError` naming both, before any render. Strength 0 adds
     nothing.
     """
+    if getattr(model, "is_expert_pair", False):
+        raise InputError("LoRAs go on each expert of a Wan2.2 pair (each has its own, e.g. the Lightning LoRAs made "
+                         "for the high- and the low-noise expert): load them onto each model before the Expert Pair")
     for item, strength in loras:
         check_lora_strength(item, strength)
     patches, names = {}, []

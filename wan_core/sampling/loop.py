@@ -187,7 +187,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            interrupt: Callable[[], bool] | None = None, resume: ResumeFile | ResumeStore | None = None,
            stop_after: int | None = None, manifest: dict | None = None, vace_context: torch.Tensor | None = None,
            vace_strength: float = 1.0, start_step: int = 0, start_state: SolverState | None = None,
-           on_stop: Callable[[SolverState], None] | None = None) -> torch.Tensor:
+           on_stop: Callable[[SolverState], None] | None = None, keep_resume: bool = False) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
 
     model: a :class:`~wan_core.models.dit.WanDiT` (or any callable with its signature, ``render`` included).
@@ -208,7 +208,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     start_step: begin at this step of the schedule, from ``start_state`` (the solver state another render stopped
     with: the same render goes on bit-identically) or else from ``latent`` as the noisy latent at that step (the
     solver's history starts afresh). on_stop(state): when ``stop_after`` stops the render, it is handed the
-    solver state (a hand-over: the resume file is then removed, the next render continues from the state).
+    solver state (a hand-over: the resume file is then removed, the next render continues from the state;
+    ``keep_resume``: kept too, so the same render run again without stop_after also continues).
     model may be an :class:`~wan_core.ExpertPair`: each expert runs its steps (see :func:`sample_pair`).
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
@@ -300,8 +301,10 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
             out = SAMPLERS[sampler].solve(fn, x, schedule, on_step, checkpoint if resume or on_stop else None, state)
     except _Stopped as stopped:
         if on_stop is not None:
-            if resume is not None:
+            if resume is not None and not keep_resume:
                 resume.remove()  # handed over: the next render goes on from the state, with its own resume file
+            elif resume is not None:
+                resume.flush()
             on_stop(last[0])
             return denormalize_latents(stopped.x0)
         if resume is not None:
@@ -320,13 +323,14 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
 
 
 def expert_phases(pair, steps: int, shift: float, sampler: str, denoise: float, cfg: float,
-                  stop_after: int | None = None) -> list[tuple[object, int, int, float]]:
+                  stop_after: int | None = None, start_step: int = 0) -> list[tuple[object, int, int, float]]:
     """The stretches of a pair render: ``(expert, first step, end step, cfg)`` for the high-noise expert's leading
-    steps and the low-noise one's rest (one of them may be empty and is left out), ending at ``stop_after``."""
+    steps and the low-noise one's rest (one of them may be empty and is left out), from ``start_step`` to
+    ``stop_after``."""
     schedule = build_schedule(sampler, steps, shift, denoise, pair.config.dim)
     switch, end = pair.switch_step(schedule.timesteps), stop_after or schedule.steps
-    phases = [(pair.high, 0, min(switch, end), cfg if pair.cfg_high is None else pair.cfg_high),
-              (pair.low, switch, end, cfg if pair.cfg_low is None else pair.cfg_low)]
+    phases = [(pair.high, start_step, min(switch, end), cfg if pair.cfg_high is None else pair.cfg_high),
+              (pair.low, max(switch, start_step), end, cfg if pair.cfg_low is None else pair.cfg_low)]
     return [phase for phase in phases if phase[1] < phase[2]]
 
 

@@ -51,6 +51,10 @@ class RenderSettings:
                               "structure less (video-to-video; the command line renders from noise only).")
     stop_after: int = _setting(0, "--stop-after", "Stop after this many steps and hand out the prediction of the "
                                "final latent (a preview), keeping the state to continue; 0: run all steps.")
+    start_step: int = _setting(0, None, "Start at this step from the LATENT given (a sampler stopped there with "
+                               "stop_after: the same render goes on exactly; another LATENT is taken as the noisy "
+                               "latent at that step). For two samplers wired by hand, e.g. Wan2.2's high-noise "
+                               "expert then its low-noise one; 0: from noise.")
     cache: StepCacheSettings | None = _setting(None, "--cache", "A step cache: at steps where the model would barely "
                                                "change the result, its last contribution is reused instead of "
                                                "computed (faster, slightly different).", CACHE)
@@ -77,6 +81,10 @@ class RenderSettings:
         check_sampler(self.sampler, self.denoise)
         if isinstance(self.stop_after, bool) or not isinstance(self.stop_after, int) or self.stop_after < 0:
             raise InputError(f"stop_after must be a whole number of steps (0: run to the end), got {self.stop_after!r}")
+        if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or \
+                not 0 <= self.start_step < self.steps or (self.stop_after and self.stop_after <= self.start_step):
+            raise InputError(f"start_step must be a whole number of steps below steps ({self.steps}) and below "
+                             f"stop_after when that is set, got {self.start_step!r}")
         if self.cache is not None and not isinstance(self.cache, StepCacheSettings):
             raise InputError(f"cache must be step cache settings (or none), got {type(self.cache).__name__}")
         if self.attention not in attention_backends():
