@@ -211,3 +211,37 @@ def test_a_pair_render_places_one_expert_at_a_time(experts):
     expected = wan_core.sample(ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW), context, negative,
                                request=REQUEST, seed=SEED, steps=STEPS, shift=SHIFT)
     assert torch.equal(raw, expected)
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_the_cli_renders_a_pair_and_replays_it(pack_models, tmp_path, task):
+    """``--dit`` / ``--dit-low`` (and a folder with high_noise_model/ and low_noise_model/) render the pair; the
+    manifest names both experts and the pair's settings, and replay gives them back."""
+    from tiny import random_official_state
+
+    from wan_core.cli import main
+    from wan_core.demo import DIT
+    from wan_core.replay import replay_argv
+    from wan_core.video import write_video
+
+    models = tmp_path / "models"
+    folder = models / "diffusion_models" / "pair"
+    config = DIT if task == "t2v" else wan_core.DiTConfig("i2v", dim=DIT.dim, ffn_dim=DIT.ffn_dim, num_layers=4,
+                                                          text_dim=DIT.text_dim, in_dim=36, clip_dim=0)
+    for name, seed in (("high_noise_model", 3), ("low_noise_model", 4)):
+        (folder / name).mkdir(parents=True)
+        save_file(random_official_state(config, seed=seed), folder / name / "diffusion_pytorch_model.safetensors")
+    args = [task, "--models", str(models), "--text-encoder", pack_models["text_encoders"].name, "--vae",
+            pack_models["vae"].name, "--prompt", "a fox", "--width", "64", "--height", "48", "--frames", "5",
+            "--steps", "4", "--boundary", "0.9", "--cfg-high", "2.0"]
+    if task == "i2v":
+        image = write_video(torch.rand(1, 48, 64, 3), tmp_path / "start", fmt="png") / "frame_00000.png"
+        args += ["--image", str(image)]
+    out = tmp_path / f"{task}.mp4"
+    assert main([*args, "--dit", "pair", "--out", str(out)]) == 0
+    manifest = wan_core.read_manifest(out)
+    assert manifest["models"]["dit_low"]["path"].endswith("low_noise_model/diffusion_pytorch_model.safetensors")
+    assert manifest["expert_pair"] == {"boundary": 0.9, "cfg_high": 2.0, "cfg_low": None}
+    argv = replay_argv(out, models, tmp_path / "again.mp4", None)
+    assert "--dit-low" in argv and argv[argv.index("--boundary") + 1] == "0.9"
+    assert main(argv) == 0

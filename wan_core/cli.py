@@ -37,7 +37,7 @@ def _pick(models: Path, kind: str, name: str | None) -> Path:
     folder = models / IMAGE_KINDS[kind]
     if name:
         path = Path(name) if Path(name).is_absolute() else folder / name
-        if not path.is_file():
+        if not path.exists():
             raise WanCoreError(f"{kind} file {path} does not exist")
         return path
     found = sorted(p for p in folder.glob("*") if p.suffix in SUFFIXES and not is_later_shard(p.name)) \
@@ -47,6 +47,10 @@ def _pick(models: Path, kind: str, name: str | None) -> Path:
         raise WanCoreError(f"pick the {kind} file with --{kind.replace('_', '-')} (found in {folder}: {listing}); "
                            "or render the tiny demo model with --demo")
     return found[0]
+
+
+TASK_SHIFT = {"t2v": 5.0, "vace": 5.0, "i2v": 3.0, "flf2v": 16.0}
+"""The official shift of each task when the command line is not given one."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +92,19 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--models", type=Path, default=Path(os.environ.get("WANCORE_MODELS", "models")),
                      help="models folder with diffusion_models/, text_encoders/, vae/ (default $WANCORE_MODELS "
                           "or ./models)")
-    t2v.add_argument("--dit", help="file in diffusion_models/ (default: the only one)")
+    t2v.add_argument("--dit", help="file in diffusion_models/ (default: the only one); for Wan2.2 A14B the "
+                     "high-noise expert, or a folder holding high_noise_model/ and low_noise_model/ (the official "
+                     "release), which renders the pair")
+    t2v.add_argument("--dit-low", help="Wan2.2 A14B: the low-noise expert (file or shard folder); --dit is then the "
+                     "high-noise one and the two render as an expert pair")
+    t2v.add_argument("--boundary", type=float, help="expert pair: the switch as a fraction of the timesteps "
+                     "(default: the official 0.875 for t2v, 0.9 for i2v)")
+    t2v.add_argument("--cfg-high", type=float, help="expert pair: guidance of the high-noise steps (default: official, "
+                     "t2v 4.0, i2v 3.5; 1.0 for the Lightning LoRAs)")
+    t2v.add_argument("--cfg-low", type=float, help="expert pair: guidance of the low-noise steps (default: official, "
+                     "t2v 3.0, i2v 3.5)")
+    t2v.add_argument("--lora-low", action="append", default=[], metavar="FILE[:STRENGTH]",
+                     help="expert pair: a LoRA for the low-noise expert (--lora then goes on the high-noise one)")
     t2v.add_argument("--text-encoder", help="file in text_encoders/ (default: the only one)")
     t2v.add_argument("--vae", help="file in vae/ (default: the only one)")
     t2v.add_argument("--demo", action="store_true",
@@ -97,11 +113,12 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     t2v.add_argument("--width", type=int, help=f"pixels, a multiple of 16 {size}")
     t2v.add_argument("--height", type=int, help="pixels, a multiple of 16")
     t2v.add_argument("--frames", type=int, help="4n+1 frames (81 = 5 s at 16 fps)")
-    t2v.add_argument("--steps", type=int, help=f"{tip('steps')} (default: 50 t2v, 40 i2v / flf2v, 8 with --demo)")
-    t2v.add_argument("--cfg", type=float, default=5.0, help=f"{tip('cfg')} (default: 5.0)")
-    shift = 5.0 if task == "t2v" else 3.0 if task == "i2v" else 16.0
-    t2v.add_argument("--shift", type=float, default=shift, help=f"{tip('shift')} Use 5.0 for 720p i2v. "
-                     f"(default: {shift})")
+    t2v.add_argument("--steps", type=int, help=f"{tip('steps')} (default: 50 t2v, 40 i2v / flf2v and expert pairs, "
+                     "8 with --demo)")
+    t2v.add_argument("--cfg", type=float, help=f"{tip('cfg')} (default: 5.0; an expert pair uses --cfg-high / "
+                     "--cfg-low)")
+    t2v.add_argument("--shift", type=float, help=f"{tip('shift')} Use 5.0 for 720p i2v. (default: "
+                     f"{TASK_SHIFT.get(task, 5.0)}; expert pairs: t2v 12, i2v 5)")
     t2v.add_argument("--sampler", default="unipc", choices=list(SAMPLERS), help=f"{tip('sampler')} (default: unipc)")
     t2v.add_argument("--seed", type=int, default=0, help=f"{tip('seed')} (default: 0)")
     t2v.add_argument("--fps", type=float, default=16.0,
@@ -181,7 +198,15 @@ def _load_models(args: argparse.Namespace, plan: _Plan) -> tuple:
     and the text encoder stay in host memory (memory-mapped) and are placed by their memory plans, computing in
     the render device's dtype (bf16 on CUDA unless told); the VAE and CLIP are stored in theirs in host memory and
     go to the device only for their stages, so that nothing but the DiT's plan is on it while sampling."""
-    from . import apply_loras, default_compute_dtype, load_clip_vision, load_dit, load_text_encoder, load_vae
+    from . import (
+        ExpertPair,
+        apply_loras,
+        default_compute_dtype,
+        load_clip_vision,
+        load_dit,
+        load_text_encoder,
+        load_vae,
+    )
 
     device, fp8 = plan.host.device, args.compute_dtype == "fp8"
     chosen = None if fp8 else args.compute_dtype  # fp8: the DiT's blocks multiply in fp8, in its default dtype
@@ -195,6 +220,11 @@ def _load_models(args: argparse.Namespace, plan: _Plan) -> tuple:
     dit = load_dit(plan.paths["diffusion_models"], **weights, fp8_matmul=fp8)
     if plan.loras:
         dit = apply_loras(dit, [(lora, strength) for lora, strength, _ in plan.loras])
+    if "dit_low" in plan.paths:  # a Wan2.2 pair: both experts stay memory-mapped until their stretch places them
+        low = load_dit(plan.paths["dit_low"], **weights, fp8_matmul=fp8)
+        if plan.loras_low:
+            low = apply_loras(low, [(lora, strength) for lora, strength, _ in plan.loras_low])
+        dit = ExpertPair.with_defaults(dit, low, args.boundary, args.cfg_high, args.cfg_low)
     vae = plan.models["vae"] = load_vae(plan.paths["vae"], **stage("vae"))
     clip = load_clip_vision(plan.paths["clip_vision"], **stage("clip_vision")) \
         if plan.images and "clip_vision" in plan.paths else None
@@ -253,10 +283,14 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
     folders = IMAGE_KINDS if plan.images else KINDS
     return {
         "task": args.task, "prompt": args.prompt, "negative": args.negative, "demo": args.demo,
-        "models": {kind: file_ref(plan.paths[folder]) for kind, folder in folders.items() if folder in plan.paths},
+        "models": {kind: file_ref(_one_file(plan.paths[folder])) for kind, folder in
+                   {**folders, "dit_low": "dit_low"}.items() if folder in plan.paths},
         "images": [file_ref(name) for name in names if name is not None],
         "fps": args.fps, **plan.size, **plan.settings.to_manifest(), "device": str(plan.host.device),
         "loras": [{"file": file_ref(path), "strength": strength} for _, strength, path in plan.loras],
+        "loras_low": [{"file": file_ref(path), "strength": strength} for _, strength, path in plan.loras_low],
+        "expert_pair": None if "dit_low" not in plan.paths else {
+            "boundary": args.boundary, "cfg_high": args.cfg_high, "cfg_low": args.cfg_low},
         "vace": None if args.task != "vace" else {
             "control": None if args.control is None else file_ref(args.control),
             "mask": None if args.mask is None else file_ref(args.mask),
@@ -276,9 +310,10 @@ class _Plan:
     fmt: str
     host: object  # StandaloneHost
     images: tuple
-    loras: tuple = ()  # (LoraFile, strength), checked against the DiT's config
+    loras: tuple = ()  # (LoraFile, strength, path), checked against the DiT's config (a pair's high-noise expert)
     vace: dict = field(default_factory=dict)  # a vace render's control / mask / references and strength
     models: dict = field(default_factory=dict)  # filled as they load (the VAE, for the decode)
+    loras_low: tuple = ()  # an expert pair's low-noise expert's LoRAs
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -291,6 +326,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     from .files import check_file_name, check_writable_folder
     from .loading.checkpoint import inspect_kind
     from .loading.dit import fp8_storage, inspect_dit
+    from .models.experts import EXPERT_DEFAULTS
     from .pipeline import check_task
     from .sampling.request import SampleRequest
     from .vace import vace_request
@@ -314,13 +350,20 @@ def _plan(args: argparse.Namespace) -> _Plan:
             paths["diffusion_models"] = paths[args.task]
         log.warning("DEMO: tiny random weights; the video is structured noise, not a picture")
     else:
-        paths = {"diffusion_models": _pick(args.models, "dit", args.dit)}
+        paths = _dit_paths(args)
         clip = image_task and inspect_dit(paths["diffusion_models"]).has_image_branch  # Wan2.2 i2v: no CLIP
         kinds = IMAGE_KINDS if clip else KINDS
         paths.update({kinds[k]: _pick(args.models, k, getattr(args, k)) for k in kinds if k != "dit"})
-    size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
-    settings = RenderSettings.from_args(args, steps=size.pop("steps"))
     config = inspect_dit(paths["diffusion_models"])
+    pair = "dit_low" in paths
+    if pair:
+        check_pair(config, inspect_dit(paths["dit_low"]), args)
+        defaults["steps"] = 8 if args.demo else EXPERT_DEFAULTS[config.model_type]["steps"]
+    size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    shift = EXPERT_DEFAULTS[config.model_type]["shift"] if pair else TASK_SHIFT[args.task]
+    settings = RenderSettings.from_args(args, steps=size.pop("steps"),
+                                        shift=shift if args.shift is None else args.shift,
+                                        cfg=5.0 if args.cfg is None else args.cfg)
     if fp8:
         fp8_storage(paths["diffusion_models"], args.storage_dtype)  # a GGUF file or bf16 storage fails now
     check_task(config, args.task)
@@ -334,7 +377,42 @@ def _plan(args: argparse.Namespace) -> _Plan:
     settings.check_for(config, request.latent_shape(), device, placement.compute_dtype)
     host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log,
                           on_progress=ProgressDisplay(sys.stderr, log))
-    return _Plan(paths, size, settings, fmt, host, images, _loras(args, config), _vace_inputs(args))
+    return _Plan(paths, size, settings, fmt, host, images, _loras(args, config, args.lora),
+                 _vace_inputs(args), loras_low=_loras(args, config, args.lora_low))
+
+
+def _dit_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """``{"diffusion_models": the DiT}``, plus ``"dit_low"`` for a Wan2.2 pair (``--dit-low``, or ``--dit`` naming
+    a folder with ``high_noise_model/`` and ``low_noise_model/``)."""
+    dit = _pick(args.models, "dit", args.dit)
+    if args.dit_low:
+        return {"diffusion_models": dit, "dit_low": _pick(args.models, "dit", args.dit_low)}
+    if dit.is_dir() and (dit / "high_noise_model").is_dir() and (dit / "low_noise_model").is_dir():
+        return {"diffusion_models": dit / "high_noise_model", "dit_low": dit / "low_noise_model"}
+    return {"diffusion_models": dit}
+
+
+def check_pair(high, low, args: argparse.Namespace) -> None:
+    """The two experts of a pair are of one architecture, made for the task; the pair's settings are valid."""
+    from .pipeline import check_task
+
+    if high != low:
+        raise InputError(f"the two experts must be of one architecture; --dit is {high.label}, --dit-low "
+                         f"{low.label}: give the high- and low-noise files of one Wan2.2 model")
+    check_task(high, args.task)
+    for name in ("boundary", "cfg_high", "cfg_low"):
+        value = getattr(args, name)
+        if value is not None and name == "boundary" and not 0 < value < 1:
+            raise InputError(f"--boundary must be between 0 and 1 (official: 0.875 t2v, 0.9 i2v), got {value}")
+        if value is not None and name != "boundary" and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1.0, got {value}")
+
+
+def _one_file(path: Path) -> Path:
+    """A model given as a folder of shards is recorded by its first shard (which loads them all)."""
+    from .loading.shards import shard_files
+
+    return shard_files(path)[0] if path.is_dir() else path
 
 
 def _vace_inputs(args: argparse.Namespace) -> dict:
@@ -360,9 +438,9 @@ def _vace_inputs(args: argparse.Namespace) -> dict:
     return inputs
 
 
-def _loras(args: argparse.Namespace, config) -> tuple:
-    """``--lora FILE[:STRENGTH]`` read and checked against the DiT (built on ``meta``: no weights) now, before
-    any model loads."""
+def _loras(args: argparse.Namespace, config, specs: list[str]) -> tuple:
+    """``--lora FILE[:STRENGTH]`` (``specs``) read and checked against the DiT (built on ``meta``: no weights) now,
+    before any model loads."""
     import torch
 
     from .loading.lora import read_lora
@@ -372,7 +450,7 @@ def _loras(args: argparse.Namespace, config) -> tuple:
     with torch.device("meta"):
         shape_model = WanDiT(config)
     out = []
-    for spec in args.lora:
+    for spec in specs:
         name, _, strength = spec.rpartition(":")
         try:
             name, strength = (name, float(strength)) if name else (spec, 1.0)

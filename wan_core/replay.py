@@ -13,7 +13,8 @@ from .errors import InputError
 from .manifest import find_file, read_manifest
 from .sampling.settings import RenderSettings
 
-FOLDERS = {"dit": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae", "clip_vision": "clip_vision"}
+FOLDERS = {"dit": "diffusion_models", "dit_low": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae",
+           "clip_vision": "clip_vision"}
 OUTPUT = ("width", "height", "frames", "fps", "storage_dtype")
 """What a CLI manifest records beside the render settings (which it holds whole, see :class:`RenderSettings`)."""
 
@@ -42,8 +43,12 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
     if manifest.get("compute_dtype"):
         argv += ["--compute-dtype", manifest["compute_dtype"]]
     argv += RenderSettings.from_manifest(manifest).to_argv()  # every setting, as recorded
-    for lora in manifest.get("loras", []):
-        argv += ["--lora", f"{find_file(lora['file'], models / 'loras')}:{lora['strength']}"]
+    for flag, key in (("--lora", "loras"), ("--lora-low", "loras_low")):
+        for lora in manifest.get(key, []):
+            argv += [flag, f"{find_file(lora['file'], models / 'loras')}:{lora['strength']}"]
+    for key, value in (manifest.get("expert_pair") or {}).items():
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
     if manifest.get("demo"):
         argv.append("--demo")  # the demo models are written again, identical, under --models/demo
     else:

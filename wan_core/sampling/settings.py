@@ -160,6 +160,8 @@ class RenderSettings:
             if flag is None:
                 continue
             value = getattr(args, _dest(flag))
+            if value is None and kind == VALUE:
+                continue  # not given: the override or the field's default
             if kind == CACHE:
                 value = None if value in (None, "off") else StepCacheSettings(
                     value, args.cache_threshold, args.cache_start, args.cache_max_skips)
