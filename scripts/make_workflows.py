@@ -175,6 +175,42 @@ def _i2v(dit: str, width: int, height: int, prefix: str, shift: float, steps: in
     return nodes
 
 
+WAN22 = {"t2v": ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
+         "i2v": ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors")}
+LIGHTNING = ("wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
+             "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors")
+
+
+def _pair(task: str, prefix: str, lightning: bool = False) -> list[dict]:
+    """A Wan2.2 A14B render: two model loaders (high / low noise), the Expert Pair node, one sampler. The i2v
+    experts take no CLIP vision; the Lightning variant puts each expert's 4-step LoRA on it: 4 steps (2 per
+    expert), cfg 1, euler."""
+    high, low = WAN22[task]
+    if task == "t2v":
+        nodes = _t2v(high, 1280, 720, prefix)
+    else:
+        nodes = [n for n in _i2v(high, 1280, 720, prefix, shift=5.0, steps=40)
+                 if n["type"] != "WanCoreCLIPVisionLoader"]
+        del next(n for n in nodes if n["type"] == "WanCoreImageToVideo")["links"]["clip_vision"]
+    sampler = next(n for n in nodes if n["type"] == "WanCoreSampler")
+    sampler["widgets"].update(steps=40, shift=12.0 if task == "t2v" else 5.0)
+    sampler["links"]["model"] = (21, 0)
+    pair = {"id": 21, "type": "WanCoreExpertPair", "pos": (420, 700), "links": {"high_noise_model": (1, 0),
+                                                                            "low_noise_model": (20, 0)},
+            "widgets": {"boundary": 0.0, "cfg_high": 0.0, "cfg_low": 0.0}}
+    nodes += [{"id": 20, "type": "WanCoreModelLoader", "pos": (40, 700), "widgets": {"model_name": low,
+                                                                                   "weight_dtype": "default"}}, pair]
+    if lightning:
+        nodes += [{"id": 22, "type": "WanCoreLoraLoader", "pos": (420, 860), "links": {"model": (1, 0)},
+                   "widgets": {"lora_name": LIGHTNING[0], "strength": 1.0}},
+                  {"id": 23, "type": "WanCoreLoraLoader", "pos": (420, 1000), "links": {"model": (20, 0)},
+                   "widgets": {"lora_name": LIGHTNING[1], "strength": 1.0}}]
+        pair["links"] = {"high_noise_model": (22, 0), "low_noise_model": (23, 0)}
+        pair["widgets"].update(cfg_high=1.0, cfg_low=1.0)
+        sampler["widgets"].update(steps=4, shift=5.0, sampler="euler", cfg=1.0)
+    return nodes
+
+
 WORKFLOWS = {
     "wan2.1_t2v_1.3B": lambda: _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_1.3B"),
     "wan2.1_t2v_14B": lambda: _t2v("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", 1280, 720, "WanCore/t2v_14B"),
@@ -189,6 +225,9 @@ WORKFLOWS = {
                                       shift=16.0, steps=50, end=True),
     "wan2.1_i2v_480p_image_chain": lambda: _i2v("wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors", 832, 480,
                                                 "WanCore/i2v_chain", shift=3.0, steps=40, chain=True),
+    "wan2.2_t2v_A14B": lambda: _pair("t2v", "WanCore/wan22_t2v_A14B"),
+    "wan2.2_i2v_A14B": lambda: _pair("i2v", "WanCore/wan22_i2v_A14B"),
+    "wan2.2_t2v_A14B_lightning_4step": lambda: _pair("t2v", "WanCore/wan22_t2v_A14B_4step", lightning=True),
 }
 
 

@@ -150,7 +150,8 @@ def _order(nodes: list[dict], links: dict[int, list]) -> list[dict]:
 
 
 def run_workflow(workflow: dict, overrides: dict[str, dict] | None = None) -> dict[int, tuple]:
-    """Execute every node; ``overrides`` maps a node type to widget values to replace. Returns outputs."""
+    """Execute every node; ``overrides`` maps a node type (or a node id, applied after its type's) to widget values
+    to replace. Returns outputs."""
     classes = node_classes()
     links = {link[0]: link for link in workflow["links"]}
     results: dict[int, tuple] = {}
@@ -163,6 +164,7 @@ def run_workflow(workflow: dict, overrides: dict[str, dict] | None = None) -> di
             if name is not None:
                 kwargs[name] = value
         kwargs.update((overrides or {}).get(node["type"], {}))
+        kwargs.update((overrides or {}).get(node["id"], {}))
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": dict(kwargs)}
         for socket in node.get("inputs", []):
             if socket.get("link") is not None:

@@ -34,6 +34,10 @@ DEMO_IMAGE_FILES = {  # key -> (model folder, file name)
     "clip_vision": ("clip_vision", "wancore_demo_clip_vision.safetensors"),
     "lora": ("loras", "wancore_demo_distill_lora.safetensors"),
     "vace": ("diffusion_models", "wancore_demo_vace.safetensors"),
+    "t2v_high": ("diffusion_models", "wancore_demo_wan22_t2v_high_noise.safetensors"),
+    "t2v_low": ("diffusion_models", "wancore_demo_wan22_t2v_low_noise.safetensors"),
+    "i2v_high": ("diffusion_models", "wancore_demo_wan22_i2v_high_noise.safetensors"),
+    "i2v_low": ("diffusion_models", "wancore_demo_wan22_i2v_low_noise.safetensors"),
 }
 TEXT = TextEncoderConfig(vocab=1024, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)
 DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim)  # 4 blocks: a budget can stream some
@@ -42,6 +46,8 @@ CLIP = ClipVisionConfig(dim=160, num_heads=2, num_layers=2, mlp_dim=320)
 I2V = DiTConfig("i2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
 FLF2V = DiTConfig("flf2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim, in_dim=36, clip_dim=CLIP.dim)
 VACE = DiTConfig("vace", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, vace_layers=(0, 1))
+I2V_A14B = DiTConfig("i2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim, in_dim=36, clip_dim=0)
+"""The Wan2.2 A14B experts at demo size: t2v ones are :data:`DIT`; i2v ones take the image through y only."""
 DEMO_SIZE = {"width": 256, "height": 160, "frames": 17, "steps": 8}
 """Render settings that keep a demo to seconds on a CPU."""
 
@@ -100,7 +106,8 @@ def _demo_lora(cfg: DiTConfig, seed: int, rank: int = 4) -> dict[str, torch.Tens
 def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
     """Write the demo files under ``models_dir`` (once; existing files are kept). Returns their paths:
     keys ``diffusion_models`` (t2v), ``text_encoders``, ``vae``, ``i2v``, ``flf2v``, ``clip_vision``, ``lora``
-    (for the t2v model, laid out as a step-distill LoRA), ``vace``."""
+    (for the t2v model, laid out as a step-distill LoRA), ``vace``, and the Wan2.2 A14B expert pairs ``t2v_high`` /
+    ``t2v_low``, ``i2v_high`` / ``i2v_low``."""
     models_dir = Path(models_dir)
     paths = {kind: models_dir / kind / name for kind, name in DEMO_FILES.items()}
     paths.update({key: models_dir / kind / name for key, (kind, name) in DEMO_IMAGE_FILES.items()})
@@ -118,6 +125,10 @@ def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
         "clip_vision": lambda: _random(ClipVision(CLIP), 6),
         "lora": lambda: _demo_lora(DIT, 7),
         "vace": lambda: _random(WanDiT(VACE), 8),
+        "t2v_high": lambda: _random(WanDiT(DIT), 9),
+        "t2v_low": lambda: _random(WanDiT(DIT), 10),
+        "i2v_high": lambda: _random(WanDiT(I2V_A14B), 11),
+        "i2v_low": lambda: _random(WanDiT(I2V_A14B), 12),
     }
     for kind, path in paths.items():
         if not path.is_file():
