@@ -134,7 +134,7 @@ def test_known_widths_need_their_block_count():
     for key, shape in shapes.items():
         real[key] = tuple(width if s == T2V.dim else ffn if s == T2V.ffn_dim else s for s in shape)
     real["head.modulation"] = (1, 2, width)
-    with pytest.raises(wan_core.CheckpointError, match="a Wan2.1 DiT of width 1536 has 30 transformer blocks, this "
+    with pytest.raises(wan_core.CheckpointError, match="a Wan DiT of width 1536 has 30 transformer blocks, this "
                                                        "file has 2; it is incomplete"):
         detect(real)
     assert detect(shapes).num_layers == 2  # tiny and custom widths stay allowed

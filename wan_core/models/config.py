@@ -16,7 +16,7 @@ from ..errors import CheckpointError, InputError
 HEAD_DIM = 128
 """Every Wan2.1 DiT uses attention heads of 128 channels: heads = dim // 128."""
 
-MODEL_TYPES = ("t2v", "i2v", "flf2v", "vace")
+MODEL_TYPES = ("t2v", "i2v", "flf2v", "vace", "ti2v")
 
 VACE_CHANNELS = 96
 """Channels of a VACE context: 16 inactive + 16 reactive latents and 64 mask channels (an 8x8 pixel patch)."""
@@ -24,15 +24,20 @@ VACE_CHANNELS = 96
 MAX_ROPE_POSITIONS = 1024
 """Rows of the rotary tables: the longest frame, height or width token axis a DiT supports."""
 
-KNOWN_DEPTHS = {1536: 30, 5120: 40}
-"""Blocks of the released Wan2.1 DiTs by width (1.3B: 30, 14B: 40); other widths are custom or test models."""
+KNOWN_DEPTHS = {1536: 30, 5120: 40, 3072: 30}
+"""Blocks of the released DiTs by width (Wan2.1 1.3B: 30, 14B and Wan2.2 A14B: 40, Wan2.2 TI2V-5B: 30); other widths
+are custom or test models."""
+
+WAN22_LATENT_CHANNELS = 48
+"""Latent channels of the Wan2.2 VAE (4x16x16 compression), which the TI2V-5B DiT takes and predicts."""
 
 
 @dataclass(frozen=True)
 class DiTConfig:
     """Architecture of one Wan2.1 diffusion transformer."""
 
-    model_type: str = "t2v"  # "t2v", "i2v" (image latents in y), "flf2v" (start and end images) or "vace"
+    model_type: str = "t2v"  # "t2v", "i2v" (image latents in y), "flf2v" (start and end images), "vace", or "ti2v"
+    #                           (Wan2.2 5B: 48-channel latents, text or image to video, timesteps per latent frame)
     dim: int = 1536  # transformer width
     ffn_dim: int = 8960  # hidden width of each block's feed-forward
     num_layers: int = 30  # number of transformer blocks
@@ -109,6 +114,8 @@ T2V_14B = DiTConfig("t2v", dim=5120, ffn_dim=13824, num_layers=40)
 I2V_14B = DiTConfig("i2v", dim=5120, ffn_dim=13824, num_layers=40, in_dim=36)
 FLF2V_14B = replace(I2V_14B, model_type="flf2v")
 I2V_A14B = replace(I2V_14B, clip_dim=0)  # each Wan2.2 image-to-video expert (the text-to-video ones are t2v-14B)
+TI2V_5B = DiTConfig("ti2v", dim=3072, ffn_dim=14336, num_layers=30, in_dim=WAN22_LATENT_CHANNELS,
+                    out_dim=WAN22_LATENT_CHANNELS)
 VACE_1_3B = replace(T2V_1_3B, model_type="vace", vace_layers=tuple(range(0, 30, 2)))
 VACE_14B = replace(T2V_14B, model_type="vace", vace_layers=tuple(range(0, 40, 5)))
 
@@ -118,6 +125,7 @@ PRESETS: dict[str, DiTConfig] = {
     "i2v-14B": I2V_14B,
     "flf2v-14B": FLF2V_14B,
     "i2v-A14B": I2V_A14B,
+    "ti2v-5B": TI2V_5B,
     "vace-1.3B": VACE_1_3B,
     "vace-14B": VACE_14B,
 }
@@ -150,6 +158,8 @@ def detect(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> D
         model_type = "flf2v"
     elif "img_emb.proj.0.bias" in shapes or in_dim == 2 * LATENT_CHANNELS + 4:  # Wan2.2 i2v: y without CLIP
         model_type = "i2v"
+    elif in_dim == WAN22_LATENT_CHANNELS:  # Wan2.2 TI2V-5B: the image is the latent's first frame
+        model_type = "ti2v"
     else:
         model_type = "t2v"
     if layers != set(range(len(layers))):
@@ -158,7 +168,7 @@ def detect(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> D
     if dim % HEAD_DIM:
         raise CheckpointError(f"{path}: width {dim} is not a multiple of {HEAD_DIM}; not a Wan2.1 DiT")
     if dim in KNOWN_DEPTHS and len(layers) != KNOWN_DEPTHS[dim]:
-        raise CheckpointError(f"{path}: a Wan2.1 DiT of width {dim} has {KNOWN_DEPTHS[dim]} transformer blocks, "
+        raise CheckpointError(f"{path}: a Wan DiT of width {dim} has {KNOWN_DEPTHS[dim]} transformer blocks, "
                               f"this file has {len(layers)}; it is incomplete or "
                               "altered, fetch the file again")
     clip_dim = _shape(shapes, "img_emb.proj.0.weight", path)[0] if "img_emb.proj.0.weight" in shapes else (

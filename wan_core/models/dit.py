@@ -18,6 +18,7 @@ from ..runtime.attention import AttentionFn
 from ..runtime.context import RenderContext
 from .config import MAX_ROPE_POSITIONS, DiTConfig
 from .layers import (
+    TOKEN_CHUNK,
     CastLinear,
     FP32LayerNorm,
     LinearFactory,
@@ -52,6 +53,7 @@ class BlockInputs:
     kv: tuple[KeysValues, ...] | None = None  # every block's cross-attention keys / values, made once per render
     hints: dict[int, torch.Tensor] | None = None  # VACE: {block index: [B, L, C] fp32 added after that block}
     ffn_chunks: int = 1  # feed-forward over the tokens in this many chunks (a memory plan's choice)
+    frames: int | None = None  # timesteps per latent frame (Wan2.2 TI2V): e6 is [B, frames, 6, C]; None: [B, 6, C]
 
     def select(self, part: slice) -> BlockInputs:
         """These inputs for the batch items ``part`` (the rotation is shared by all items)."""
@@ -59,7 +61,7 @@ class BlockInputs:
         image = None if self.image is None else self.image[part]
         hints = None if self.hints is None else {i: h[part] for i, h in self.hints.items()}
         return BlockInputs(self.e6[part], self.rotation, self.text[part], image, self.attend, kv, hints,
-                           self.ffn_chunks)
+                           self.ffn_chunks, self.frames)
 
 
 @dataclass(frozen=True)
@@ -171,22 +173,55 @@ class DiTBlock(nn.Module):
 
     def transform(self, x: torch.Tensor, inputs: BlockInputs, kv: KeysValues | None) -> torch.Tensor:
         """:meth:`forward` with the block's keys / values given (None: computed here from the text)."""
-        dtype = inputs.text.dtype
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + inputs.e6).unsqueeze(2).unbind(1)
+        dtype, frames = inputs.text.dtype, inputs.frames
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation(self.modulation, inputs.e6, frames)
         # norm * (1 + scale) + shift in fp32, cast to the compute dtype a slice of tokens at a time (by_rows), and
         # compute-dtype results added to the fp32 stream by type promotion: the same bits as whole-tensor fp32
         # copies, without holding them (at 720p each is 1.44 GiB)
-        h = by_rows(lambda rows: torch.addcmul(shift1, self.norm1(rows), 1 + scale1), x, dtype)
-        x = torch.addcmul(x, self.self_attn(h, inputs.rotation, inputs.attend), gate1)
+        h = modulate(self.norm1, x, shift1, scale1, dtype, frames)
+        x = gated_add(x, self.self_attn(h, inputs.rotation, inputs.attend), gate1, frames)
         kv = kv if kv is not None else self.cross_attn.keys_values(inputs.text, inputs.image)
         x = x + self.cross_attn(by_rows(self.norm3, x, dtype), kv, inputs.attend)
-        h = by_rows(lambda rows: torch.addcmul(shift2, self.norm2(rows), 1 + scale2), x, dtype)
+        h = modulate(self.norm2, x, shift2, scale2, dtype, frames)
         if inputs.ffn_chunks > 1:  # the hidden layer for a share of the tokens at a time (a memory plan's choice)
             y = torch.cat([self.ffn(part) for part in h.chunk(inputs.ffn_chunks, dim=1)], dim=1)
         else:
             y = self.ffn(h)
         del h
-        return torch.addcmul(x, y, gate2)
+        return gated_add(x, y, gate2, frames)
+
+
+def modulation(table: torch.Tensor, e: torch.Tensor, frames: int | None) -> tuple[torch.Tensor, ...]:
+    """A modulation ``table [1, n, C]`` plus the time projection ``e``: ``[B, n, C]`` -> n tensors ``[B, 1, C]``
+    (one value per sequence), or per latent frame ``[B, frames, n, C]`` -> n tensors ``[B, frames, 1, C]``."""
+    if frames is None:
+        return (table.float() + e).unsqueeze(2).unbind(1)
+    return (table.float().unsqueeze(1) + e).unsqueeze(3).unbind(2)
+
+
+def modulate(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+             frames: int | None) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` in fp32, written in ``dtype`` a slice of tokens at a time; x ``[B, L, C]``.
+    Per latent frame (``frames``; tokens frame-major): a slice of whole frames at a time, each with its own."""
+    if frames is None:
+        return by_rows(lambda rows: torch.addcmul(shift, norm(rows), 1 + scale), x, dtype)
+    b, length, c = x.shape
+    grid = x.view(b, frames, length // frames, c)
+    out = torch.empty(b, length, c, dtype=dtype, device=x.device)
+    view = out.view(b, frames, length // frames, c)
+    step = max(1, TOKEN_CHUNK // (length // frames))
+    for start in range(0, frames, step):
+        part = slice(start, start + step)
+        view[:, part] = torch.addcmul(shift[:, part], norm(grid[:, part]), 1 + scale[:, part])
+    return out
+
+
+def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, frames: int | None) -> torch.Tensor:
+    """``x + y * gate`` (fp32 stream ``x``, ``y`` any dtype, both ``[B, L, C]``); the gate per sequence or per frame."""
+    if frames is None:
+        return torch.addcmul(x, y, gate)
+    b, length, c = x.shape
+    return torch.addcmul(x.view(b, frames, -1, c), y.view(b, frames, -1, c), gate).view(b, length, c)
 
 
 class VaceBlock(DiTBlock):
@@ -219,9 +254,15 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """x ``[B, L, C]``, e ``[B, C]`` time embedding -> ``[B, L, out_dim * prod(patch)]`` fp32."""
-        shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)
-        return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
+        """x ``[B, L, C]``, e ``[B, C]`` time embedding (or ``[B, frames, C]``, one per latent frame) ->
+        ``[B, L, out_dim * prod(patch)]`` fp32."""
+        if e.dim() == 2:
+            shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)
+            return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
+        b, length, c = x.shape
+        shift, scale = modulation(self.modulation, e.unsqueeze(2), e.shape[1])
+        grid = self.norm(x).view(b, e.shape[1], -1, c)
+        return self.head(torch.addcmul(shift, grid, 1 + scale).view(b, length, c))
 
 
 class ImageProjection(nn.Module):
@@ -330,9 +371,19 @@ class WanDiT(nn.Module):
         tokens, grid = self.patch_embedding(x.to(dtype))
         rotation = rope_grid(self.rope_cos, self.rope_sin, grid, cfg.head_dim)
 
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))  # [B, C] fp32
-        e6 = self.time_projection(e).unflatten(1, (6, cfg.dim))  # [B, 6, C] fp32
+        t = torch.as_tensor(t, device=x.device)
+        frames = None
+        if t.dim() == 2:  # one timestep per latent frame (Wan2.2 TI2V: the image's frame at 0)
+            if tuple(t.shape) != (x.shape[0], grid[0]):
+                raise InputError(f"per-frame timesteps must be [B, frames] = {(x.shape[0], grid[0])}, got "
+                                 f"{tuple(t.shape)}")
+            frames = grid[0]
+            e = self.time_embedding(sinusoidal_embedding(t.reshape(-1), cfg.freq_dim)).unflatten(0, t.shape)
+            e6 = self.time_projection(e).unflatten(-1, (6, cfg.dim))  # [B, f, 6, C] fp32
+        else:
+            t = t.reshape(-1).expand(x.shape[0])
+            e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))  # [B, C] fp32
+            e6 = self.time_projection(e).unflatten(1, (6, cfg.dim))  # [B, 6, C] fp32
 
         with_kv = render.precompute_keys_values and (render.plan is None or render.plan.keys_values)
         # keyed by the prompt too: CFG one branch at a time alternates two prompts, each made once per render
@@ -342,7 +393,7 @@ class WanDiT(nn.Module):
         if vace_context is not None:
             vace = (self.vace_patch_embedding(vace_context.to(dtype))[0].float(), float(vace_strength))
         chunks = render.plan.ffn_chunks if render.plan is not None else 1
-        inputs = BlockInputs(e6, rotation, text, image, render.attend, kv, ffn_chunks=chunks)
+        inputs = BlockInputs(e6, rotation, text, image, render.attend, kv, ffn_chunks=chunks, frames=frames)
         return Embedded(tokens.float(), e, grid, inputs, vace)
 
     def _conditioning(self, context: torch.Tensor, clip_fea: torch.Tensor | None, dtype: torch.dtype,
