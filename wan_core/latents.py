@@ -1,20 +1,34 @@
-"""Raw <-> normalized VAE latents with the Wan2.1 per-channel statistics (DESIGN §4), and a quick RGB preview."""
+"""Raw <-> normalized VAE latents with the per-channel statistics of the VAE that made them (Wan2.1: 16 channels,
+Wan2.2: 48; DESIGN §4), and a quick RGB preview."""
 
 from __future__ import annotations
 
 import torch
 
-from .constants import LATENT_CHANNELS, LATENT_MEAN, LATENT_STD, VAE_STRIDE
+from .constants import (
+    LATENT_CHANNELS,
+    LATENT_MEAN,
+    LATENT_STD,
+    VAE_STRIDE,
+    WAN22_LATENT_CHANNELS,
+    WAN22_LATENT_MEAN,
+    WAN22_LATENT_STD,
+)
 from .errors import InputError
+
+STATISTICS = {LATENT_CHANNELS: (LATENT_MEAN, LATENT_STD), WAN22_LATENT_CHANNELS: (WAN22_LATENT_MEAN, WAN22_LATENT_STD)}
+"""The per-channel statistics of each VAE's latents, by channel count: Wan2.1 (16), Wan2.2 (48)."""
 
 
 def _stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if z.dim() != 5 or z.shape[1] != LATENT_CHANNELS:
-        raise InputError(f"latents must be [B, {LATENT_CHANNELS}, F', H/8, W/8], got shape {tuple(z.shape)}")
-    shape = (1, LATENT_CHANNELS, 1, 1, 1)
-    mean = torch.tensor(LATENT_MEAN, dtype=z.dtype, device=z.device).view(shape)
-    std = torch.tensor(LATENT_STD, dtype=z.dtype, device=z.device).view(shape)
-    return mean, std
+    if z.dim() != 5 or z.shape[1] not in STATISTICS:
+        raise InputError(f"latents must be [B, {LATENT_CHANNELS}, F', H/8, W/8] (Wan2.1) or [B, "
+                         f"{WAN22_LATENT_CHANNELS}, F', H/16, W/16] (Wan2.2), got shape {tuple(z.shape)}")
+    channels = z.shape[1]
+    mean, std = STATISTICS[channels]
+    shape = (1, channels, 1, 1, 1)
+    return (torch.tensor(mean, dtype=z.dtype, device=z.device).view(shape),
+            torch.tensor(std, dtype=z.dtype, device=z.device).view(shape))
 
 
 def normalize_latents(raw: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""``load_vae``: the Wan2.1 VAE from the official ``.pth``, ComfyUI's safetensors or diffusers' layout."""
+"""``load_vae``: the Wan2.1 VAE from the official ``.pth``, ComfyUI's safetensors or diffusers' layout, and the
+Wan2.2 VAE (TI2V-5B) from its official / ComfyUI file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.vae import VAEConfig, WanVAE
+from ..models.vae22 import VAE22Config, WanVAE22
 from ..runtime.placement import resolve_placement
 from .checkpoint import check_keys, open_state_dict, place, require_kind
 
@@ -79,6 +81,8 @@ def load_vae(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     state = open_state_dict(path)
     require_kind(path, state.keys(), "vae")
     device, dtype = placement.device, placement.compute_dtype
+    if WAN22_ENCODER_INPUT in state and state[WAN22_ENCODER_INPUT].shape[1] == 12:  # the Wan2.2 VAE: 2x2 patches in
+        return _load_wan22(path, state, device, dtype)
     cfg = detect_vae({k: v.shape for k, v in state.items()}, path)
     state = _to_official(state, cfg)
     with torch.device("meta"):
@@ -86,4 +90,24 @@ def load_vae(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, "the Wan2.1 VAE")
     model.load_state_dict({k: place(v, device, dtype) for k, v in state.items()}, assign=True, strict=True)
     log.info("loaded the Wan2.1 VAE (base width %d) from %s as %s", cfg.base_dim, path, dtype)
+    return model.eval().requires_grad_(False)
+
+
+WAN22_ENCODER_INPUT = "encoder.conv1.weight"
+"""Its input channels tell the VAEs apart: 3 (Wan2.1: RGB), 12 (Wan2.2: 2x2 patches of RGB)."""
+
+
+def _load_wan22(path, state: dict[str, torch.Tensor], device, dtype: torch.dtype) -> WanVAE22:
+    """The Wan2.2 VAE (official / ComfyUI keys), its widths and latent channels read from the tensors."""
+    for key in ("decoder.conv1.weight", "conv2.weight"):
+        if key not in state:
+            raise CheckpointError(f"{path}: a Wan2.2 VAE encoder but no {key!r}; the file is incomplete")
+    mult = VAE22Config().dim_mult
+    cfg = VAE22Config(base_dim=state[WAN22_ENCODER_INPUT].shape[0], z_dim=state["conv2.weight"].shape[0],
+                      decoder_dim=state["decoder.conv1.weight"].shape[0] // mult[-1])
+    with torch.device("meta"):
+        model = WanVAE22(cfg, compute_dtype=dtype)
+    check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, "the Wan2.2 VAE")
+    model.load_state_dict({k: place(v, device, dtype) for k, v in state.items()}, assign=True, strict=True)
+    log.info("loaded the Wan2.2 VAE (%d latent channels) from %s as %s", cfg.z_dim, path, dtype)
     return model.eval().requires_grad_(False)

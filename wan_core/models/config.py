@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..constants import CLIP_DIM, CLIP_TOKENS, LATENT_CHANNELS, PATCH_SIZE, TEXT_DIM, TEXT_LEN
+from ..constants import CLIP_DIM, CLIP_TOKENS, LATENT_CHANNELS, PATCH_SIZE, TEXT_DIM, TEXT_LEN, WAN22_LATENT_CHANNELS
 from ..errors import CheckpointError, InputError
 
 HEAD_DIM = 128
@@ -28,8 +28,6 @@ KNOWN_DEPTHS = {1536: 30, 5120: 40, 3072: 30}
 """Blocks of the released DiTs by width (Wan2.1 1.3B: 30, 14B and Wan2.2 A14B: 40, Wan2.2 TI2V-5B: 30); other widths
 are custom or test models."""
 
-WAN22_LATENT_CHANNELS = 48
-"""Latent channels of the Wan2.2 VAE (4x16x16 compression), which the TI2V-5B DiT takes and predicts."""
 
 
 @dataclass(frozen=True)

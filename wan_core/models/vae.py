@@ -175,11 +175,11 @@ class Resample(nn.Module):
     passes through; later chunks make two frames per frame with a causal conv to 2C channels.
     """
 
-    def __init__(self, dim: int, mode: str):
+    def __init__(self, dim: int, mode: str, halve: bool = True):
         super().__init__()
         self.mode = mode
-        if mode.startswith("up"):
-            self.resample = nn.Sequential(Upsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        if mode.startswith("up"):  # the Wan2.1 upsampler halves the channels, the Wan2.2 one keeps them
+            self.resample = nn.Sequential(Upsample2x(), nn.Conv2d(dim, dim // 2 if halve else dim, 3, padding=1))
         else:
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
         if mode == "up3d":

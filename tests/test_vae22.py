@@ -1,0 +1,84 @@
+"""The Wan2.2 VAE (TI2V-5B) against the official ``wan.modules.vae2_2`` on the same tiny random weights: encode and
+decode, 1 and 9 frames, chunk by chunk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from wan_reference import wan_module
+
+from wan_core.models.vae22 import VAE22Config, WanVAE22, patchify, unpatchify
+
+TINY = VAE22Config(base_dim=8, decoder_dim=12, z_dim=4)
+TOL = 1e-5
+
+
+def _pair(seed=0):
+    """Our tiny VAE and the official one with its weights (random, set in the official model's own names)."""
+    official = wan_module("modules.vae2_2").WanVAE_(
+        dim=TINY.base_dim, dec_dim=TINY.decoder_dim, z_dim=TINY.z_dim, dim_mult=list(TINY.dim_mult),
+        num_res_blocks=TINY.num_res_blocks, attn_scales=[], temperal_downsample=list(TINY.temporal_downsample)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in official.named_parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 1
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.1 * noise if name.endswith("gamma") else noise / fan_in ** 0.5)
+    ours = WanVAE22(TINY).eval()
+    ours.load_state_dict(official.state_dict(), strict=True)
+    return ours, official
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_patchify_is_the_official_rearrangement():
+    x = torch.randn(2, 3, 5, 8, 12)
+    official = wan_module("modules.vae2_2")
+    assert torch.equal(patchify(x), official.patchify(x, 2))
+    assert torch.equal(unpatchify(patchify(x)), x)
+
+
+@pytest.mark.parametrize("frames", [1, 9])
+def test_encode_and_decode_match_the_official_vae(frames):
+    ours, official = _pair()
+    video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        expected = official.encode(video, [0.0, 1.0])
+        got = ours.encode(video)
+        assert got.shape == (1, TINY.z_dim, (frames - 1) // 4 + 1, 2, 3)
+        assert _rel(got, expected) <= TOL
+        z = torch.randn_like(expected)
+        decoded = ours.decode(z)
+        reference = official.decode(z, [0.0, 1.0]).clamp(-1, 1)
+    assert decoded.shape == (1, 3, frames, 32, 48)
+    assert _rel(decoded, reference) <= TOL
+
+
+def test_decoding_several_latent_frames_per_chunk_gives_the_official_video():
+    ours, official = _pair(seed=2)
+    z = torch.randn(1, TINY.z_dim, 4, 2, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert _rel(ours.decode(z, chunk=3), official.decode(z, [0.0, 1.0]).clamp(-1, 1)) <= TOL
+
+
+def test_load_vae_reads_the_official_wan22_file(tmp_path):
+    """The official / ComfyUI file (``wan2.2_vae.safetensors``: the official keys) loads as the Wan2.2 VAE, its widths
+    and latent channels read from the tensors; its RAW latents use the Wan2.2 statistics (48 channels)."""
+    from safetensors.torch import save_file
+
+    import wan_core
+
+    ours, official = _pair(seed=4)
+    save_file({k: v.contiguous() for k, v in official.state_dict().items()}, tmp_path / "vae22.safetensors")
+    loaded = wan_core.load_vae(tmp_path / "vae22.safetensors")
+    assert isinstance(loaded, WanVAE22) and loaded.config == TINY
+    z = torch.randn(1, TINY.z_dim, 2, 2, 3)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z), ours.decode(z))
+    raw = torch.randn(1, 48, 2, 4, 4)
+    normalized = wan_core.normalize_latents(raw)
+    for c in (0, 19, 47):  # the official statistics: mean[19] 0.5109 / std[19] 0.6804, mean[47] -0.0667 / 0.7744
+        mean, std = {0: (-0.2289, 0.4765), 19: (0.5109, 0.6804), 47: (-0.0667, 0.7744)}[c]
+        assert torch.allclose(normalized[:, c], (raw[:, c] - mean) / std)
