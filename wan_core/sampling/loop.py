@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constants import LATENT_CHANNELS, VAE_STRIDE, video_frames
+from ..constants import LATENT_CHANNELS, VAE_STRIDE, WAN22_VAE_STRIDE, video_frames
 from ..errors import CheckpointError, InputError, RenderError, RenderInterrupted, WanCoreError
 from ..latents import denormalize_latents, normalize_latents
 from ..runtime.context import RenderContext
@@ -128,14 +128,16 @@ def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps:
     """
     check_settings(seed, steps, cfg, shift, denoise)
     schedule = build_schedule(sampler, steps, shift, denoise, config.dim if config is not None else 1536)
-    if len(latent_shape) != 5 or latent_shape[1] != LATENT_CHANNELS or min(latent_shape) < 1:
-        raise InputError(f"latent must be [B, {LATENT_CHANNELS}, F', H/8, W/8] with every size at least 1, "
-                         f"got {tuple(latent_shape)}")
+    channels = LATENT_CHANNELS if config is None else config.out_dim
+    if len(latent_shape) != 5 or latent_shape[1] != channels or min(latent_shape) < 1:
+        raise InputError(f"latent must be [B, {channels}, F', h, w] (this model's latent channels) with every size "
+                         f"at least 1, got {tuple(latent_shape)}")
     if config is not None:
         config.check_latent_shape(latent_shape)
         batch, _, f, h, w = latent_shape
+        stride = WAN22_VAE_STRIDE if config.model_type == "ti2v" else VAE_STRIDE
         check_fits(least_render_bytes(config, latent_shape, compute_dtype), torch.device(device),
-                   f"a {video_frames(f)}-frame {w * VAE_STRIDE[2]}x{h * VAE_STRIDE[1]} render (batch {batch})",
+                   f"a {video_frames(f)}-frame {w * stride[2]}x{h * stride[1]} render (batch {batch})",
                    "render fewer frames or a smaller size, or use a device with more memory", available)
     return schedule
 
@@ -187,7 +189,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            interrupt: Callable[[], bool] | None = None, resume: ResumeFile | ResumeStore | None = None,
            stop_after: int | None = None, manifest: dict | None = None, vace_context: torch.Tensor | None = None,
            vace_strength: float = 1.0, start_step: int = 0, start_state: SolverState | None = None,
-           on_stop: Callable[[SolverState], None] | None = None, keep_resume: bool = False) -> torch.Tensor:
+           on_stop: Callable[[SolverState], None] | None = None, keep_resume: bool = False,
+           first_frame: torch.Tensor | None = None) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
 
     model: a :class:`~wan_core.models.dit.WanDiT` (or any callable with its signature, ``render`` included).
@@ -211,6 +214,9 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     solver state (a hand-over: the resume file is then removed, the next render continues from the state;
     ``keep_resume``: kept too, so the same render run again without stop_after also continues).
     model may be an :class:`~wan_core.ExpertPair`: each expert runs its steps (see :func:`sample_pair`).
+    first_frame: RAW ``[B, 48, 1, h, w]`` latents of an image (a TI2V-5B model's image-to-video, as the official
+    ``textimage2video``): the first latent frame is the image's, its tokens get timestep 0, and it is put back
+    after every step.
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
     if getattr(model, "is_expert_pair", False):
@@ -218,21 +224,22 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
                            cfg=cfg, shift=shift, sampler=sampler, denoise=denoise, clip_fea=clip_fea, y=y,
                            render=render, callback=callback, interrupt=interrupt, resume=resume,
                            stop_after=stop_after, manifest=manifest, vace_context=vace_context,
-                           vace_strength=vace_strength)
+                           vace_strength=vace_strength, first_frame=first_frame)
     render = render or RenderContext()
     check_settings(seed, steps, cfg, shift, denoise)
     is_module = isinstance(model, torch.nn.Module)
     device = render.device_for(model) if is_module else render.device or context.device
     if latent is None and denoise < 1.0:
         raise InputError(f"denoise {denoise} < 1 needs a start latent (connect a LATENT from VAE encode)")
-    shape = tuple(latent.shape) if latent is not None else (request or SampleRequest()).latent_shape()
     config = getattr(model, "config", None)
+    shape = tuple(latent.shape) if latent is not None else (request or SampleRequest()).latent_shape(config)
     planned = render.plan is not None  # a render job planned it against what its host has (and can free)
     schedule = check_render(config, shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler,
                             denoise=denoise, negative=negative is not None, device=device,
                             compute_dtype=render.dtype_for(model) if is_module else torch.float32,
                             available=UNLIMITED if planned else None)
     check_tensors(model, context, negative, latent, clip_fea, y, shape, vace_context)
+    _check_first_frame(config, first_frame, shape)
     context, negative = _broadcast("prompt", context, shape[0]), _broadcast("negative prompt", negative, shape[0])
     clip_fea, y = _broadcast("image conditioning", clip_fea, shape[0]), _broadcast("image conditioning", y, shape[0])
     vace_context = _broadcast("VACE conditioning", vace_context, shape[0])
@@ -243,7 +250,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     identity = state = None
     if resume is not None:
         tensors = {"context": context, "negative": negative, "latent": latent, "clip_fea": clip_fea, "y": y,
-                   "vace_context": vace_context, "start": None if start_state is None else start_state.x}
+                   "vace_context": vace_context, "start": None if start_state is None else start_state.x,
+                   "first_frame": first_frame}
         settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
                         **({"vace_strength": vace_strength} if vace_context is not None else {}),
                         **({"start_step": start_step} if start_step else {}))
@@ -266,10 +274,15 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     if vace_context is not None:
         moved.update(vace_context=vace_context.to(device), vace_strength=float(vace_strength))
     context, negative = context.to(device), None if negative is None else negative.to(device)
+    project, call = None, model
+    if first_frame is not None:  # TI2V image-to-video: the image's latent frame, fixed, at timestep 0
+        known = normalize_latents(_broadcast("first frame", first_frame.float(), shape[0])).to(device)
+        project, call = _fixed_first_frame(known), _first_frame_at_zero(model, shape[2])
+        x = project(x)
 
     def denoiser() -> Denoise:  # CFG batched or one branch at a time, as the render's (current) plan says
         sequential = render.plan is not None and render.plan.cfg_sequential
-        return cfg_denoiser(model, context, negative, cfg, sequential, **moved)
+        return cfg_denoiser(call, context, negative, cfg, sequential, **moved)
 
     fn = _retry_out_of_memory(denoiser, render)
 
@@ -298,7 +311,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     log.info("sampling %s: %d steps, shift %s, cfg %s, latent %s", sampler, schedule.steps, shift, cfg, shape)
     try:
         with torch.no_grad():
-            out = SAMPLERS[sampler].solve(fn, x, schedule, on_step, checkpoint if resume or on_stop else None, state)
+            out = SAMPLERS[sampler].solve(fn, x, schedule, on_step, checkpoint if resume or on_stop else None, state,
+                                          project=project)
     except _Stopped as stopped:
         if on_stop is not None:
             if resume is not None and not keep_resume:
@@ -322,6 +336,38 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     return denormalize_latents(out)
 
 
+def _check_first_frame(config, first_frame: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    """An image's first-frame latents only for a TI2V model, shaped as one frame of the render's latent."""
+    if first_frame is None:
+        return
+    if config is None or config.model_type != "ti2v":
+        raise InputError("first_frame (an image's latent as the first frame) is for the Wan2.2 TI2V-5B model; "
+                         f"this is {'a stand-in model' if config is None else config.label}")
+    want = (shape[1], 1, *shape[3:])
+    if first_frame.dim() != 5 or tuple(first_frame.shape[1:]) != want or first_frame.shape[0] not in (1, shape[0]):
+        raise InputError(f"first_frame must be [B, {want[0]}, 1, {want[2]}, {want[3]}] (the image encoded by the "
+                         f"Wan2.2 VAE at the render's size), got {tuple(first_frame.shape)}")
+    check_finite("the image's latent (first_frame)", first_frame, "encode the image again")
+
+
+def _fixed_first_frame(known: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``project(x)``: x with its first latent frame set to ``known`` (normalized ``[B, C, 1, h, w]``)."""
+    def project(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[:, :, :1] = known.to(x.dtype)
+        return x
+    return project
+
+
+def _first_frame_at_zero(model, frames: int) -> Callable:
+    """``model`` called with one timestep per latent frame: 0 for the first (the image's), t for the rest."""
+    def call(x: torch.Tensor, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        scale = torch.ones(frames, dtype=t.dtype, device=t.device)
+        scale[0] = 0
+        return model(x, t.reshape(-1, 1) * scale, *args, **kwargs)
+    return call
+
+
 def expert_phases(pair, steps: int, shift: float, sampler: str, denoise: float, cfg: float,
                   stop_after: int | None = None, start_step: int = 0) -> list[tuple[object, int, int, float]]:
     """The stretches of a pair render: ``(expert, first step, end step, cfg)`` for the high-noise expert's leading
@@ -343,6 +389,8 @@ def sample_pair(pair, context: torch.Tensor, negative: torch.Tensor | None = Non
     switches experts at the boundary (as the official loop does). render: one context for both, or
     ``render(expert) -> RenderContext``; between(previous, next): called at the switch (a render job lets the
     first expert leave the device there). Other arguments as :func:`sample`."""
+    if rest.get("first_frame") is not None:
+        raise InputError("an expert pair takes no first_frame (that is the TI2V-5B model's image-to-video)")
     phases = expert_phases(pair, steps, shift, sampler, denoise, cfg, stop_after)
     state, out, latent = None, None, rest.pop("latent", None)
     for index, (expert, first, end, scale) in enumerate(phases):

@@ -10,7 +10,15 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
-from ..constants import LATENT_CHANNELS, VAE_STRIDE, check_frame_count, check_pixel_size, latent_frames
+from ..constants import (
+    LATENT_CHANNELS,
+    VAE_STRIDE,
+    WAN22_LATENT_CHANNELS,
+    WAN22_VAE_STRIDE,
+    check_frame_count,
+    check_pixel_size,
+    latent_frames,
+)
 from ..errors import InputError
 
 SEED_MAX = 2**64 - 1
@@ -36,11 +44,21 @@ class SampleRequest:
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise InputError(f"batch must be a positive integer, got {self.batch!r}")
 
-    def latent_shape(self) -> tuple[int, ...]:
-        """``(batch, 16, F', H/8, W/8)`` after :meth:`check`."""
+    def latent_shape(self, config=None) -> tuple[int, ...]:
+        """``(batch, 16, F', H/8, W/8)`` after :meth:`check`; for a Wan2.2 TI2V-5B DiT (``config``) ``(batch, 48,
+        F', H/16, W/16)``, width and height multiples of 32 (its VAE's 16 and the DiT's 2x2 patches)."""
         self.check()
-        return (self.batch, LATENT_CHANNELS, latent_frames(self.frames),
-                self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2])
+        if config is None or config.model_type != "ti2v":
+            return (self.batch, LATENT_CHANNELS, latent_frames(self.frames),
+                    self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2])
+        multiple = WAN22_VAE_STRIDE[1] * config.patch_size[1]
+        for name, size in (("width", self.width), ("height", self.height)):
+            if size % multiple:
+                raise InputError(f"{name} {size} is not a multiple of {multiple} for the TI2V-5B model (its VAE "
+                                 f"compresses 16x, its DiT patches 2x2): use {size - size % multiple} or "
+                                 f"{size - size % multiple + multiple}")
+        return (self.batch, WAN22_LATENT_CHANNELS, latent_frames(self.frames),
+                self.height // WAN22_VAE_STRIDE[1], self.width // WAN22_VAE_STRIDE[2])
 
 
 def check_seed(seed) -> int:

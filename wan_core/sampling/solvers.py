@@ -3,7 +3,8 @@
 Each solver is ``solver(denoise, x, schedule, callback=None, checkpoint=None, resume=None) -> x0``
 where ``denoise(x, t)`` returns the flow ``v = noise - x0`` at model time ``t``, ``callback(i, x,
 x0_pred)`` runs after every step (progress, previews, cancellation), ``checkpoint(state)`` receives
-the solver's whole :class:`SolverState` after every step, and ``resume`` continues from one. The
+the solver's whole :class:`SolverState` after every step, ``resume`` continues from one, and ``project(x)``
+puts fixed parts of the latent back after each update. The
 multistep solvers follow the official Wan ``FlowUniPCMultistepScheduler`` (UniPC, B(h) = e^h - 1,
 order 2, corrector from the second step) and ``FlowDPMSolverMultistepScheduler`` (DPM-Solver++ 2M,
 midpoint), including their lower-order first and final steps. Coefficients are computed in float32
@@ -47,6 +48,14 @@ class SolverState:
 
 
 Checkpoint = Callable[[SolverState], None]
+Project = Callable[[torch.Tensor], torch.Tensor]
+"""``project(x) -> x`` after every step's update: fixed parts of the latent put back (Wan2.2 TI2V's image frame),
+before the next evaluation and before the state is checkpointed (a UniPC corrector recomputes from its own
+previous x, as the official scheduler does with its ``last_sample``)."""
+
+
+def _projected(x: torch.Tensor, project: Project | None) -> torch.Tensor:
+    return x if project is None else project(x)
 
 
 def _start(x: torch.Tensor, resume: SolverState | None, schedule: Schedule) -> tuple[int, torch.Tensor, dict]:
@@ -58,14 +67,15 @@ def _start(x: torch.Tensor, resume: SolverState | None, schedule: Schedule) -> t
 
 
 def euler(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None,
-          checkpoint: Checkpoint | None = None, resume: SolverState | None = None) -> torch.Tensor:
+          checkpoint: Checkpoint | None = None, resume: SolverState | None = None,
+          project: Project | None = None) -> torch.Tensor:
     """First-order steps ``x += (sigma_next - sigma) v``; exact when the flow is constant along the path."""
     sigmas = schedule.sigmas
     first, x, _ = _start(x, resume, schedule)
     for i in range(first, schedule.steps):
         v = denoise(x, schedule.timesteps[i])
         x0 = x - sigmas[i] * v
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
+        x = _projected(x + (sigmas[i + 1] - sigmas[i]) * v, project)
         if checkpoint:
             checkpoint(SolverState(i + 1, x))
         if callback:
@@ -74,7 +84,8 @@ def euler(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
 
 
 def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None,
-             checkpoint: Checkpoint | None = None, resume: SolverState | None = None) -> torch.Tensor:
+             checkpoint: Checkpoint | None = None, resume: SolverState | None = None,
+             project: Project | None = None) -> torch.Tensor:
     """DPM-Solver++ (2M, midpoint) on data predictions ``x0 = x - sigma v``.
 
     First order on the first step and on the last (the schedule ends at sigma 0); on the
@@ -94,7 +105,7 @@ def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: St
         if not first_order:
             r = (_lambda(s) - _lambda(sigmas[i - 1])) / h
             x_next = x_next - 0.5 * (1 - s_next) * decay * ((1.0 / r) * (x0 - prev_x0))
-        x, prev_x0 = x_next, x0
+        x, prev_x0 = _projected(x_next, project), x0
         if checkpoint:
             checkpoint(SolverState(i + 1, x, {"prev_x0": prev_x0}))
         if callback:
@@ -126,7 +137,8 @@ def _unipc_update(x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, m0: to
 
 
 def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepCallback | None = None,
-          checkpoint: Checkpoint | None = None, resume: SolverState | None = None) -> torch.Tensor:
+          checkpoint: Checkpoint | None = None, resume: SolverState | None = None,
+          project: Project | None = None) -> torch.Tensor:
     """UniPC (predictor UniP-2 + corrector UniC, bh2) on data predictions ``x0 = x - sigma v``.
 
     Step i evaluates the model at x_i, first corrects x_i with that evaluation (UniC, from the
@@ -151,7 +163,7 @@ def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
         if order == 2:
             rk = (lam[i - 1] - lam[i]) / (lam[i + 1] - lam[i])
             d1 = 0.5 * (x0s[-2] - x0s[-1]) / rk
-        x = _unipc_update(x, sigmas[i], sigmas[i + 1], x0, d1)
+        x = _projected(_unipc_update(x, sigmas[i], sigmas[i + 1], x0, d1), project)
         if checkpoint:
             saved = {"last_x": last_x, "x0_last": x0s[-1], **({"x0_older": x0s[0]} if len(x0s) > 1 else {})}
             checkpoint(SolverState(i + 1, x, saved, last_order))

@@ -1,0 +1,100 @@
+"""TI2V-5B renders: text-to-video with 48-channel latents, and image-to-video exactly as the official
+``wan/textimage2video.py`` prepares and runs it (the image's latent as the first latent frame, its tokens at
+timestep 0, re-imposed after every step), composed here from the official pieces on tiny weights: the latent the
+model sees at every step and the final latent are compared."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_ti2v_dit import TI2V, _official
+from tiny import TEXT_DIM
+from wan_reference import wan_module
+
+import wan_core
+from wan_core import SampleRequest
+
+SEED, CFG, SHIFT, STEPS = 11, 5.0, 5.0, 5
+FRAMES, HEIGHT, WIDTH = 9, 64, 96  # latent [48, 3, 4, 6]: 3 frames of 2 x 3 tokens
+
+
+def _official_i2v_loop(model, z, context, negative, record):
+    """The official TI2V image-to-video loop: noise, the image latent ``z [48, 1, h, w]`` (normalized) blended in
+    by the zero-first-frame mask, per-token timesteps (0 on the first frame), CFG, re-imposed after each step."""
+    mod = wan_module("utils.fm_solvers_unipc")
+    scheduler = mod.FlowUniPCMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+    scheduler.set_timesteps(STEPS, shift=SHIFT)
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    noise = torch.randn(48, (FRAMES - 1) // 4 + 1, HEIGHT // 16, WIDTH // 16, dtype=torch.float32, generator=generator)
+    mask = torch.ones_like(noise)
+    mask[:, 0] = 0  # masks_like(..., zero=True)'s second mask
+    seq_len = noise.shape[1] * noise.shape[2] * noise.shape[3] // 4
+    latent = (1.0 - mask) * z + mask * noise
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            record.append(latent.clone())
+            timestep = (mask[0][:, ::2, ::2] * t).flatten()[None]
+            cond = model([latent], t=timestep, context=[context], seq_len=seq_len)[0]
+            uncond = model([latent], t=timestep, context=[negative], seq_len=seq_len)[0]
+            pred = uncond + CFG * (cond - uncond)
+            latent = scheduler.step(pred.unsqueeze(0), t, latent.unsqueeze(0), return_dict=False)[0].squeeze(0)
+            latent = (1.0 - mask) * z + mask * latent
+    return latent
+
+
+class _Inputs:
+    """Wraps our DiT, recording the latent it is given at each call (the first of a CFG batch)."""
+
+    def __init__(self, model, record):
+        self.model, self.record, self.config = model, record, model.config
+
+    def __call__(self, x, t, *args, **kwargs):
+        self.record.append(x[0].clone())
+        return self.model(x, t, *args, **kwargs)
+
+    def check_conditioning(self, *args, **kwargs):
+        self.model.check_conditioning(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def dit(tmp_path_factory):
+    ref = _official(TI2V, seed=7)
+    path = tmp_path_factory.mktemp("ti2v") / "ti2v.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+    return ref, wan_core.load_dit(path)
+
+
+def _prompts():
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(1, 6, TEXT_DIM, generator=gen), torch.randn(1, 9, TEXT_DIM, generator=gen)
+
+
+def test_ti2v_image_to_video_equals_the_official_loop(dit):
+    ref, ours = dit
+    context, negative = _prompts()
+    raw_image = torch.randn(1, 48, 1, HEIGHT // 16, WIDTH // 16, generator=torch.Generator().manual_seed(2))
+    z = wan_core.normalize_latents(raw_image)[0]  # the official encode hands out normalized latents
+    official_inputs, our_inputs = [], []
+    expected = _official_i2v_loop(ref, z, context[0], negative[0], official_inputs)
+    raw = wan_core.sample(_Inputs(ours, our_inputs), context, negative, request=SampleRequest(WIDTH, HEIGHT, FRAMES),
+                          seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT, first_frame=raw_image)
+    got = wan_core.normalize_latents(raw)[0]
+    assert len(our_inputs) == STEPS
+    for step, (a, b) in enumerate(zip(our_inputs, official_inputs)):
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-5, step
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-5
+    assert torch.allclose(raw[:, :, :1], raw_image, atol=1e-5)  # the image's frame is the image's latent
+
+
+def test_ti2v_text_to_video_renders_48_channel_latents_at_16x(dit):
+    _, ours = dit
+    context, negative = _prompts()
+    raw = wan_core.sample(ours, context, negative, request=SampleRequest(WIDTH, HEIGHT, FRAMES), seed=SEED, steps=2)
+    assert raw.shape == (1, 48, 3, HEIGHT // 16, WIDTH // 16) and torch.isfinite(raw).all()
+    with pytest.raises(wan_core.InputError, match="multiple of 32"):
+        wan_core.sample(ours, context, negative, request=SampleRequest(80, HEIGHT, FRAMES), steps=2)
+    t2v = wan_core.WanDiT(wan_core.DiTConfig("t2v", dim=256, ffn_dim=384, num_layers=2, text_dim=TEXT_DIM))
+    with pytest.raises(wan_core.InputError, match="first_frame.*TI2V"):
+        wan_core.sample(t2v, context, negative, request=SampleRequest(64, 64, 5), steps=2,
+                        first_frame=torch.zeros(1, 48, 1, 4, 4))
