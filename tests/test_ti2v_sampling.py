@@ -98,3 +98,36 @@ def test_ti2v_text_to_video_renders_48_channel_latents_at_16x(dit):
     with pytest.raises(wan_core.InputError, match="first_frame.*TI2V"):
         wan_core.sample(t2v, context, negative, request=SampleRequest(64, 64, 5), steps=2,
                         first_frame=torch.zeros(1, 48, 1, 4, 4))
+
+
+def test_the_task_functions_render_ti2v_text_and_image_to_video(dit, tmp_path):
+    """text_to_video and image_to_video with the 5B and the Wan2.2 VAE: 24 frames a second apart, the image's latent
+    as the first latent frame (encoded from the image covering the size, center-cropped), decoded at 16x, whole
+    and in tiles alike."""
+    from safetensors.torch import save_file as save
+
+    from wan_core.demo import write_demo_models
+    from wan_core.models.vae22 import VAE22Config, WanVAE22
+
+    _, ours = dit
+    encoder = wan_core.load_text_encoder(write_demo_models(tmp_path)["text_encoders"])
+    with torch.no_grad():
+        vae = WanVAE22(VAE22Config(base_dim=8, decoder_dim=12, z_dim=48))
+        gen = torch.Generator().manual_seed(3)
+        for p in vae.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5 if p.dim() > 1 else 1))
+    save(vae.state_dict(), tmp_path / "vae22.safetensors")
+    vae = wan_core.load_vae(tmp_path / "vae22.safetensors")
+    size = dict(width=WIDTH, height=HEIGHT, frames=FRAMES, steps=2, seed=3)
+    video = wan_core.text_to_video(ours, encoder, vae, "a fox", **size)
+    assert video.shape == (1, 3, FRAMES, HEIGHT, WIDTH)
+    image = torch.rand(1, 80, 100, 3, generator=torch.Generator().manual_seed(4))
+    raw = wan_core.image_to_latent(ours, encoder, vae, None, image, "a fox", **size)
+    from wan_core.i2v import _cover_crop, _to_model_frame
+
+    first = vae.encode(_to_model_frame(_cover_crop(image, HEIGHT, WIDTH), HEIGHT, WIDTH).unsqueeze(2))
+    assert torch.allclose(raw[:, :, :1], first, atol=1e-5)
+    whole = vae.decode(raw)
+    tiled = wan_core.decode_tiled(vae, raw, tile=4, overlap=2)
+    assert tiled.shape == whole.shape == (1, 3, FRAMES, HEIGHT, WIDTH)
+    assert (tiled - whole).abs().mean() < 0.05  # tiles blend at their seams, as for the Wan2.1 VAE

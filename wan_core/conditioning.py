@@ -28,13 +28,18 @@ class TextEmbeds:
 @dataclass(frozen=True)
 class ImageEmbeds:
     """Image conditioning of an i2v / flf2v DiT: CLIP tokens ``[B, 257 or 514, 1280]`` (None for the Wan2.2
-    image-to-video experts, which have no CLIP branch) and ``y = [B, 4 mask + 16 latent channels, F', h, w]``."""
+    image-to-video experts, which have no CLIP branch) and ``y = [B, 4 mask + 16 latent channels, F', h, w]``; of
+    the TI2V-5B model: the image's latents as the first latent frame (``first_frame``) at ``size``."""
 
     clip_fea: torch.Tensor | None
-    y: torch.Tensor
+    y: torch.Tensor | None
+    first_frame: torch.Tensor | None = None  # TI2V-5B: RAW [B, 48, 1, h, w] image latents (no clip_fea, no y)
+    size: SampleRequest | None = None  # TI2V-5B: the render size the image was encoded for
 
     def request(self) -> SampleRequest:
-        """The render size ``y`` was built for (the sampler must use exactly this)."""
+        """The render size ``y`` (or the TI2V image) was built for (the sampler must use exactly this)."""
+        if self.y is None:
+            return self.size
         _, _, latent_count, lat_h, lat_w = self.y.shape
         return SampleRequest(width=lat_w * VAE_STRIDE[2], height=lat_h * VAE_STRIDE[1],
                              frames=video_frames(latent_count))

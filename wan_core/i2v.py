@@ -20,8 +20,10 @@ from .constants import PATCH_SIZE, VAE_STRIDE, check_frame_count, check_pixel_si
 from .errors import InputError
 from .latents import normalize_latents
 from .models.clip_vision import ClipVision
+from .models.config import TI2V_5B
 from .models.vae import WanVAE
 from .runtime.finite import check_finite
+from .sampling.request import SampleRequest
 
 
 def size_for_area(height: int, width: int, max_area: int) -> tuple[int, int]:
@@ -83,6 +85,8 @@ def image_conditioning(vae: WanVAE, clip: ClipVision | None, start: torch.Tensor
     check_pixel_size(width, height)
     check_image("start image", start)
     start = start[:1]
+    if getattr(vae, "stride", VAE_STRIDE) != VAE_STRIDE:  # the Wan2.2 VAE: the TI2V-5B model's first frame
+        return first_frame_conditioning(vae, start, width, height, frames, end)
     if end is not None:
         check_image("end image", end)
         if frames < 2:
@@ -99,3 +103,16 @@ def image_conditioning(vae: WanVAE, clip: ClipVision | None, start: torch.Tensor
     lat_h, lat_w = height // VAE_STRIDE[1], width // VAE_STRIDE[2]
     mask = frame_mask(frames, lat_h, lat_w, last_known=end is not None).to(latents.device)
     return ImageEmbeds(None if clip_fea is None else clip_fea.cpu(), torch.cat([mask, latents], dim=1).cpu())
+
+
+def first_frame_conditioning(vae, start: torch.Tensor, width: int, height: int, frames: int,
+                             end: torch.Tensor | None = None) -> ImageEmbeds:
+    """The TI2V-5B image conditioning: the start image (scaled to cover ``width x height`` and center-cropped, as
+    the official ``textimage2video``) encoded by the Wan2.2 VAE as one RAW latent frame ``[1, 48, 1, h, w]``."""
+    if end is not None:
+        raise InputError("the TI2V-5B model renders from a start image only; leave out the end image")
+    request = SampleRequest(width, height, frames)
+    request.latent_shape(TI2V_5B)  # width / height multiples of 32, before any work
+    frame = _to_model_frame(_cover_crop(start, height, width), height, width)
+    latent = vae.encode(frame.clamp(-1, 1).unsqueeze(2).to(vae.conv2.weight.device))
+    return ImageEmbeds(None, None, first_frame=latent.cpu(), size=request)

@@ -83,11 +83,14 @@ class RenderJob:
     @property
     def shape(self) -> tuple[int, ...]:
         """The RAW latent's shape ``(B, 16, F', h, w)``."""
-        return tuple(self.latent.shape) if self.latent is not None else self.size.latent_shape()
+        return tuple(self.latent.shape) if self.latent is not None else \
+            self.size.latent_shape(getattr(self.model, "config", None))
 
     def conditioning(self) -> dict:
         """The model's image / VACE conditioning, as :func:`~wan_core.sample` takes it."""
         out = {} if self.image is None else {"clip_fea": self.image.clip_fea, "y": self.image.y}
+        if self.image is not None and self.image.first_frame is not None:  # TI2V-5B image-to-video
+            out = {"first_frame": self.image.first_frame}
         config = getattr(self.model, "config", None)
         if out.get("clip_fea") is not None and config is not None and not config.has_image_branch:
             out["clip_fea"] = None  # a CLIP vision wired to a model without a CLIP branch (Wan2.2 i2v): unused

@@ -27,7 +27,8 @@ from .stages import decode_latent, encode_text
 from .vace import vace_conditioning, vace_request
 
 DEFAULTS = {"t2v": {"steps": 50, "shift": 5.0}, "i2v": {"steps": 40, "shift": 3.0},
-            "flf2v": {"steps": 40, "shift": 3.0}, "vace": {"steps": 50, "shift": 5.0}}
+            "flf2v": {"steps": 40, "shift": 3.0}, "vace": {"steps": 50, "shift": 5.0},
+            "ti2v": {"steps": 50, "shift": 5.0, "cfg": 5.0}}
 """The official step counts and shifts of each task (use shift 5.0 for 720p i2v and 16 for flf2v)."""
 
 
@@ -36,9 +37,14 @@ def text_to_latent(dit: WanDiT, text_encoder: TextEncoder, prompt: str, negative
                    host: Host | None = None, manifest: dict | None = None, **choices) -> torch.Tensor:
     """Prompt -> RAW latents ``[1, 16, F', H/8, W/8]``. Everything is checked before any work."""
     request = SampleRequest(width, height, frames)
-    settings, host = _prepare(dit, "t2v", request, prompt, negative, settings, choices, host)
+    settings, host = _prepare(dit, _task(dit, "t2v"), request, prompt, negative, settings, choices, host)
     embeds = encode_text(text_encoder, prompt, negative, host, settings.vram_budget)
     return RenderJob(dit, embeds, settings, request, manifest=manifest).run(host)
+
+
+def _task(dit, task: str) -> str:
+    """``task``, or "ti2v" for the Wan2.2 TI2V-5B model (text and image to video in one model)."""
+    return "ti2v" if dit.config.model_type == "ti2v" else task
 
 
 def text_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: str, negative: str | None = None,
@@ -62,7 +68,9 @@ def image_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, s
     check_image("start image", start)
     if end is not None:
         check_image("end image", end)
-    task = "flf2v" if end is not None else "i2v"
+    task = _task(dit, "flf2v" if end is not None else "i2v")
+    if task == "ti2v" and end is not None:
+        raise InputError("the TI2V-5B model renders from a start image only; leave out the end image")
     settings, host = _prepare(dit, task, request, prompt, negative, settings, choices, host)
     if dit.config.has_image_branch and clip is None:
         raise InputError(f"this {task} model takes CLIP vision tokens of the image: load a CLIP vision model "
@@ -111,14 +119,17 @@ def vace_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: s
 
 
 TASK_NEEDS = {"t2v": "a prompt", "i2v": "one start image", "flf2v": "a start and an end image",
-              "vace": "VACE conditioning (control video, mask, reference images)"}
-_ARTICLE = {"t2v": "a", "i2v": "an", "flf2v": "an", "vace": "a"}
+              "vace": "VACE conditioning (control video, mask, reference images)",
+              "ti2v": "a prompt, and optionally a start image"}
+_ARTICLE = {"t2v": "a", "i2v": "an", "flf2v": "an", "vace": "a", "ti2v": "a"}
 
 
 def check_task(dit_or_config, task: str) -> None:
     """Raise :class:`InputError` unless the DiT (or its config) is made for ``task`` ("t2v", "i2v", "flf2v",
     "vace")."""
     kind = getattr(dit_or_config, "config", dit_or_config).model_type
+    if kind == "ti2v" and task in ("t2v", "i2v"):  # the TI2V-5B model does both
+        return
     if kind != task:
         raise InputError(f"this is {_ARTICLE[kind]} {kind} model, which takes {TASK_NEEDS[kind]}; {_ARTICLE[task]} "
                          f"{task} render needs {TASK_NEEDS[task]} and {_ARTICLE[task]} {task} checkpoint: load one "
@@ -139,6 +150,7 @@ def _prepare(dit: WanDiT, task: str, request: SampleRequest, prompt, negative, s
     except TypeError as err:  # a keyword that is no setting
         raise InputError(f"{err}; the settings are {', '.join(RenderSettings.__dataclass_fields__)}") from err
     host = host or StandaloneHost(device_of(dit))
-    settings.check_for(dit.config, request.latent_shape(), host.compute_device(), dit.compute_dtype, UNLIMITED)
-    check_room(host, dit, settings, request.latent_shape())  # memory others hold and would free counts
+    shape = request.latent_shape(dit.config)
+    settings.check_for(dit.config, shape, host.compute_device(), dit.compute_dtype, UNLIMITED)
+    check_room(host, dit, settings, shape)  # memory others hold and would free counts
     return settings, host

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .conditioning import TextEmbeds, encode_prompts
-from .constants import NEGATIVE_PROMPT, VAE_STRIDE
+from .constants import NEGATIVE_PROMPT
 from .errors import InputError
 from .host import Host
 from .models.text_encoder import TextEncoder
@@ -55,7 +55,7 @@ def vae_tile(vae: WanVAE, tiling: str, latent_h: int, latent_w: int, host: Host)
                                TILE_OVERLAP)
     if tiling not in TILINGS:
         raise InputError(f"tiling {tiling!r} is not one of {', '.join(TILINGS)}")
-    return int(tiling) // VAE_STRIDE[1]
+    return int(tiling) // vae.stride[1]
 
 
 def decode_latent(vae: WanVAE, latent: torch.Tensor, host: Host, tiling: str = "auto") -> torch.Tensor:
@@ -73,7 +73,7 @@ def encode_video(vae: WanVAE, video: torch.Tensor, host: Host, tiling: str = "au
     """Video ``[B, 3, F, H, W]`` in [-1, 1] -> RAW ``[B, 16, F', H/8, W/8]`` on the host's device."""
     count = host.count("encoding")
     with host.cancellable() as interrupt, host.on_device(vae):
-        tile = vae_tile(vae, tiling, video.shape[-2] // VAE_STRIDE[1], video.shape[-1] // VAE_STRIDE[2], host)
+        tile = vae_tile(vae, tiling, video.shape[-2] // vae.stride[1], video.shape[-1] // vae.stride[2], host)
         if tile is None:
             return vae.encode(video, interrupt=interrupt, progress=count)
         return encode_tiled(vae, video, tile, min(TILE_OVERLAP, tile // 2), interrupt=interrupt, progress=count)

@@ -327,6 +327,8 @@ class WanVAE(nn.Module):
     ``decode(chunk=k)`` decodes k latent frames per chunk after the first (same result, more memory).
     """
 
+    stride = VAE_STRIDE  # frames, height, width per latent cell
+
     def __init__(self, config: VAEConfig = WAN21_VAE, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.config = config

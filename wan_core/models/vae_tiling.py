@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..constants import VAE_STRIDE, latent_frames, video_frames
+from ..constants import latent_frames, video_frames
 from ..errors import InputError
 from ..runtime.memory import available_bytes
 from .vae import WanVAE, check_latents, check_video
@@ -112,22 +112,25 @@ def decode_tiled(vae: WanVAE, z: torch.Tensor, tile: int = 32, overlap: int = 8,
     latent cells at a time (``overlap`` cells shared between neighbours); ``interrupt()`` is asked
     between chunks of every tile, ``progress(chunks_done, chunks)`` counts the chunks of all tiles."""
     check_latents(z, vae.config.z_dim)  # the whole latent, before any tile is decoded
-    return _tiled(vae.decode, z, tile, overlap, 1, VAE_STRIDE[1], 3, video_frames(z.shape[2]), interrupt, progress)
+    return _tiled(vae.decode, z, tile, overlap, 1, vae.stride[1], 3, video_frames(z.shape[2]), interrupt, progress)
 
 
 def encode_tiled(vae: WanVAE, video: torch.Tensor, tile: int = 32, overlap: int = 8,
                  interrupt: Callable[[], bool] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Video ``[B, 3, F, H, W]`` -> RAW latents, encoding ``tile`` x ``tile`` latent cells (8x pixels) at a time."""
-    check_video(video)  # the whole clip, before any tile is encoded
-    return _tiled(vae.encode, video, tile, overlap, VAE_STRIDE[1], 1, vae.config.z_dim, latent_frames(video.shape[2]),
+    check_video(video, vae.stride[1])  # the whole clip, before any tile is encoded
+    return _tiled(vae.encode, video, tile, overlap, vae.stride[1], 1, vae.config.z_dim, latent_frames(video.shape[2]),
                   interrupt, progress)
 
 
 def decode_bytes(vae: WanVAE, tile_h: int, tile_w: int, dtype: torch.dtype = torch.float32) -> int:
     """Estimated peak activation bytes of decoding a ``tile_h`` x ``tile_w`` latent tile (chunk 1)."""
-    pixels = tile_h * VAE_STRIDE[1] * tile_w * VAE_STRIDE[2]
-    return DECODE_ACTIVATION_FACTOR * vae.config.base_dim * VAE_STRIDE[0] * pixels * dtype.itemsize
+    stride = vae.stride
+    pixels = tile_h * stride[1] * tile_w * stride[2]
+    # the Wan2.2 decoder's last level runs 2x2-patchified: its width over 4 per output pixel (not measured yet)
+    width = vae.config.decoder_dim // 4 if hasattr(vae.config, "decoder_dim") else vae.config.base_dim
+    return DECODE_ACTIVATION_FACTOR * width * stride[0] * pixels * dtype.itemsize
 
 
 def tile_for_budget(vae: WanVAE, budget_bytes: int, latent_h: int, latent_w: int,
