@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..wan_core import image_conditioning, load_clip_vision, size_for_area
+from ..wan_core import image_conditioning, load_clip_vision, size_for_area, ti2v_size
 from . import host
 from .loaders import placement
 
@@ -54,8 +54,9 @@ class WanCoreImageToVideo:
         }}
 
     def build(self, vae, start_image, width, height, frames, keep_aspect, clip_vision=None, end_image=None):
-        if keep_aspect:
-            height, width = size_for_area(start_image.shape[1], start_image.shape[2], width * height)
+        if keep_aspect:  # the official rule of the model family the VAE belongs to (TI2V-5B: Wan2.2 VAE)
+            rule = ti2v_size if vae.stride[1] == 16 else size_for_area
+            height, width = rule(start_image.shape[1], start_image.shape[2], width * height)
         with host.on_compute_device(*(m for m in (clip_vision, vae) if m is not None)):
             embeds = image_conditioning(vae, clip_vision, start_image, width, height, frames, end=end_image)
         return (embeds,)

@@ -211,6 +211,26 @@ def _pair(task: str, prefix: str, lightning: bool = False) -> list[dict]:
     return nodes
 
 
+def _ti2v(prefix: str, image: bool) -> list[dict]:
+    """The Wan2.2 TI2V-5B model with its own VAE at the official 1280x704, 121 frames, 24 fps: text to video, or
+    (``image``) a start image as the first latent frame (no CLIP vision)."""
+    nodes = _t2v("wan2.2_ti2v_5B_fp16.safetensors", 1280, 704, prefix)
+    by_type = {n["type"]: n for n in nodes}
+    by_type["WanCoreVAELoader"]["widgets"]["vae_name"] = "wan2.2_vae.safetensors"
+    by_type["WanCoreSampler"]["widgets"].update(frames=121, steps=50, shift=5.0, cfg=5.0)
+    by_type["WanCoreVideoWriter"]["widgets"]["fps"] = 24.0
+    if image:
+        by_type["WanCoreTextEncode"]["widgets"]["positive"] = I2V_PROMPT
+        by_type["WanCoreSampler"]["links"]["image_embeds"] = (10, 0)
+        nodes += [
+            {"id": 8, "type": "LoadImage", "pos": (40, 560), "widgets": {"image": "start_frame.png"}},
+            {"id": 10, "type": "WanCoreImageToVideo", "pos": (400, 560),
+             "links": {"vae": (3, 0), "start_image": (8, 0)},
+             "widgets": {"width": 1280, "height": 704, "frames": 121, "keep_aspect": True}},
+        ]
+    return nodes
+
+
 WORKFLOWS = {
     "wan2.1_t2v_1.3B": lambda: _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_1.3B"),
     "wan2.1_t2v_14B": lambda: _t2v("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", 1280, 720, "WanCore/t2v_14B"),
@@ -228,6 +248,8 @@ WORKFLOWS = {
     "wan2.2_t2v_A14B": lambda: _pair("t2v", "WanCore/wan22_t2v_A14B"),
     "wan2.2_i2v_A14B": lambda: _pair("i2v", "WanCore/wan22_i2v_A14B"),
     "wan2.2_t2v_A14B_lightning_4step": lambda: _pair("t2v", "WanCore/wan22_t2v_A14B_4step", lightning=True),
+    "wan2.2_ti2v_5B_t2v": lambda: _ti2v("WanCore/wan22_ti2v_5B", image=False),
+    "wan2.2_ti2v_5B_i2v": lambda: _ti2v("WanCore/wan22_ti2v_5B_i2v", image=True),
 }
 
 

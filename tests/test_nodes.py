@@ -35,11 +35,12 @@ def env(tmp_path_factory):
 def _demo_overrides(workflow: dict | None = None):
     dit = DEMO_FILES["diffusion_models"]
     loader = next((n for n in (workflow or {}).get("nodes", []) if n["type"] == "WanCoreModelLoader"), None)
-    for kind in ("flf2v", "i2v", "vace"):  # the demo model of the same kind as the workflow's
+    for kind in ("ti2v", "flf2v", "i2v", "vace"):  # the demo model of the same kind as the workflow's
         if loader and kind in loader["widgets_values"][0]:
             dit = DEMO_IMAGE_FILES[kind][1]
             break
-    small = {"width": SMALL["width"], "height": SMALL["height"]}
+    ti2v = dit == DEMO_IMAGE_FILES["ti2v"][1]
+    small = {"width": SMALL["width"], "height": 64 if ti2v else SMALL["height"]}  # the 5B: sides of 32
     sampler = next((n for n in (workflow or {}).get("nodes", []) if n["type"] == "WanCoreSampler"), None)
     fixed_steps = sampler is not None and sampler["widgets_values"][8] in ("lightx2v_4step", "causvid")
     experts = {}  # a Wan2.2 pair's loaders: the demo expert of the same task and noise level
@@ -56,8 +57,8 @@ def _demo_overrides(workflow: dict | None = None):
         "WanCoreImageToVideo": {**small, "frames": SMALL["frames"]},
         "ImageScale": small,
         "WanCoreTextEncoderLoader": {"model_name": DEMO_FILES["text_encoders"]},
-        "WanCoreVAELoader": {"vae_name": DEMO_FILES["vae"]},
-        "WanCoreSampler": {k: v for k, v in SMALL.items() if not (fixed_steps and k == "steps")},
+        "WanCoreVAELoader": {"vae_name": DEMO_IMAGE_FILES["vae22"][1] if ti2v else DEMO_FILES["vae"]},
+        "WanCoreSampler": {**{k: v for k, v in SMALL.items() if not (fixed_steps and k == "steps")}, **small},
         "WanCoreLoraLoader": {"lora_name": DEMO_IMAGE_FILES["lora"][1]},
         "WanCoreVACEConditioning": {**small, "frames": SMALL["frames"]},
         "WanCoreVACEExtend": {"frames": SMALL["frames"]},
@@ -165,7 +166,8 @@ def test_workflow_runs_on_the_demo_model(env, path):
     written = results[writer["id"]][0]
     assert Path(written).is_file() and Path(written).parent.is_relative_to(env / "output")
     scale = next((n["widgets_values"][1] for n in workflow["nodes"] if n["type"] == "ImageScaleBy"), 1.0)
-    assert _decoded(written) == (SMALL["frames"], round(SMALL["height"] * scale), round(SMALL["width"] * scale))
+    height = 64 if any("ti2v" in str(n.get("widgets_values")) for n in workflow["nodes"]) else SMALL["height"]
+    assert _decoded(written) == (SMALL["frames"], round(height * scale), round(SMALL["width"] * scale))
     manifest = load_pack().wan_core.read_manifest(written)  # the run manifest: settings and hashed model files
     sampler = next(v for v in manifest["graph"].values() if v["class_type"] == "WanCoreSampler")
     distilled = sampler["inputs"]["sampler"] in ("lightx2v_4step", "causvid")

@@ -131,3 +131,34 @@ def test_the_task_functions_render_ti2v_text_and_image_to_video(dit, tmp_path):
     tiled = wan_core.decode_tiled(vae, raw, tile=4, overlap=2)
     assert tiled.shape == whole.shape == (1, 3, FRAMES, HEIGHT, WIDTH)
     assert (tiled - whole).abs().mean() < 0.05  # tiles blend at their seams, as for the Wan2.1 VAE
+
+
+@pytest.mark.parametrize("height, width, area", [(480, 832, 1280 * 704), (1080, 1920, 1280 * 704),
+                                                 (900, 600, 704 * 1280), (512, 512, 640 * 352)])
+def test_the_ti2v_size_rule_is_the_official_one(height, width, area, monkeypatch):
+    import sys
+    import types
+
+    for name in ("imageio", "torchvision"):  # imported at the top of wan/utils/utils.py, unused by the size rule
+        if name not in sys.modules:
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    official = wan_module("utils.utils").best_output_size(width, height, 32, 32, area)
+    assert wan_core.ti2v_size(height, width, area) == (official[1], official[0])
+
+
+@pytest.mark.parametrize("image", [False, True], ids=["text", "image"])
+def test_the_cli_renders_ti2v_on_the_demo_models(tmp_path, image):
+    from wan_core.cli import main
+    from wan_core.demo import DEMO_SIZE
+    from wan_core.video import write_video
+
+    args = ["ti2v", "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--steps", "2",
+            "--frames", "9", "--out", str(tmp_path / "out.mp4")]
+    if image:
+        frame = write_video(torch.rand(1, 90, 140, 3), tmp_path / "img", fmt="png") / "frame_00000.png"
+        args += ["--image", str(frame)]
+    assert main(args) == 0
+    manifest = wan_core.read_manifest(tmp_path / "out.mp4")
+    assert manifest["task"] == "ti2v" and manifest["fps"] == 24.0 and (manifest["width"], manifest["height"]) == (
+        DEMO_SIZE["width"], DEMO_SIZE["height"])
+    assert manifest["models"]["vae"]["name"] == "wancore_demo_wan22_vae.safetensors"

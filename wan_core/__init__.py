@@ -28,7 +28,7 @@ from .constants import (
 )
 from .errors import CheckpointError, InputError, OutputError, RenderError, RenderInterrupted, WanCoreError
 from .host import Host, StandaloneHost, device_of, log_progress
-from .i2v import image_conditioning, size_for_area
+from .i2v import image_conditioning, size_for_area, ti2v_size
 from .job import RenderJob
 from .latents import denormalize_latents, latent_preview, normalize_latents, preview_side
 from .loading.clip_vision import load_clip_vision
@@ -110,7 +110,7 @@ from .video import (
 
 __all__ = [
     # conditioning and tasks
-    "ImageEmbeds", "TextEmbeds", "encode_prompts", "image_conditioning", "size_for_area", "image_to_video",
+    "ImageEmbeds", "TextEmbeds", "encode_prompts", "image_conditioning", "size_for_area", "ti2v_size", "image_to_video",
     "text_to_video", "image_to_latent", "text_to_latent", "check_task", "vace_to_latent", "vace_to_video",
     "VaceEmbeds", "vace_conditioning", "vace_request", "extension_source", "outpaint_source",
     # one render path: settings, job, host, the stages around the sampler

@@ -49,7 +49,7 @@ def _pick(models: Path, kind: str, name: str | None) -> Path:
     return found[0]
 
 
-TASK_SHIFT = {"t2v": 5.0, "vace": 5.0, "i2v": 3.0, "flf2v": 16.0}
+TASK_SHIFT = {"t2v": 5.0, "vace": 5.0, "i2v": 3.0, "flf2v": 16.0, "ti2v": 5.0}
 """The official shift of each task when the command line is not given one."""
 
 
@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                                      epilog="Run 'python -m wan_core t2v --help' for a task's options and defaults.")
     sub = parser.add_subparsers(dest="task", required=True)
     for task, text in (("t2v", "text to video"), ("i2v", "image to video"), ("flf2v", "first and last frame to video"),
-                       ("vace", "VACE: video from a control video, a mask and reference images")):
+                       ("vace", "VACE: video from a control video, a mask and reference images"),
+                       ("ti2v", "Wan2.2 TI2V-5B: text to video, or image to video with --image (24 fps)")):
         _add_common(sub.add_parser(task, help=text), task)
     replay = sub.add_parser("replay", help="render again from the run manifest stored in a video we wrote")
     replay.add_argument("video", type=Path, help="a video written by python -m wan_core")
@@ -81,6 +82,8 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
     if task in ("i2v", "flf2v"):
         t2v.add_argument("--image", required=True, type=Path, help="start frame (png / jpg / any image file)")
         t2v.add_argument("--clip-vision", help="file in clip_vision/ (default: the only one)")
+    if task == "ti2v":
+        t2v.add_argument("--image", type=Path, help="start frame: image to video (default: text to video)")
     if task == "flf2v":
         t2v.add_argument("--end-image", required=True, type=Path, help="last frame")
     t2v.add_argument("--prompt", required=True, help="what the video shows")
@@ -121,8 +124,9 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                      f"{TASK_SHIFT.get(task, 5.0)}; expert pairs: t2v 12, i2v 5)")
     t2v.add_argument("--sampler", default="unipc", choices=list(SAMPLERS), help=f"{tip('sampler')} (default: unipc)")
     t2v.add_argument("--seed", type=int, default=0, help=f"{tip('seed')} (default: 0)")
-    t2v.add_argument("--fps", type=float, default=16.0,
-                     help="frames per second of the file, gif at most 50 (default: 16)")
+    fps = 24.0 if task == "ti2v" else 16.0
+    t2v.add_argument("--fps", type=float, default=fps,
+                     help=f"frames per second of the file, gif at most 50 (default: {fps:g})")
     t2v.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     t2v.add_argument("--storage-dtype", default="default", choices=list(DTYPES),
                      help="how the DiT and text encoder weights are held (default: as in the file)")
@@ -331,7 +335,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     from .sampling.request import SampleRequest
     from .vace import vace_request
 
-    image_task = args.task in ("i2v", "flf2v")
+    image_task = args.task in ("i2v", "flf2v") or (args.task == "ti2v" and args.image is not None)
     fmt = video_format(_format_for(args.out)).value  # a bad extension fails now, not after the render
     check_fps(args.fps, fmt)
     check_file_name(args.out.absolute())
@@ -343,11 +347,15 @@ def _plan(args: argparse.Namespace) -> _Plan:
     fp8 = args.compute_dtype == "fp8"
     placement = resolve_placement("dit", args.storage_dtype, None if fp8 else args.compute_dtype, device)
     defaults = {"width": 832, "height": 480, "frames": 81, "steps": 40 if image_task else 50}
+    if args.task == "ti2v":  # the official TI2V-5B size: 1280x704, 121 frames (5 s at 24 fps)
+        defaults = {"width": 1280, "height": 704, "frames": 121, "steps": 50}
     if args.demo:
-        defaults = DEMO_SIZE
+        defaults = dict(DEMO_SIZE)
         paths = write_demo_models(args.models / "demo")
         if args.task != "t2v":
             paths["diffusion_models"] = paths[args.task]
+        if args.task == "ti2v":
+            paths["vae"] = paths["vae22"]
         log.warning("DEMO: tiny random weights; the video is structured noise, not a picture")
     else:
         paths = _dit_paths(args)
@@ -370,15 +378,29 @@ def _plan(args: argparse.Namespace) -> _Plan:
     for kind, folder in (IMAGE_KINDS if image_task and config.has_image_branch else KINDS).items():
         if kind != "dit":
             inspect_kind(paths[folder], kind)
+    check_vae_for(config, paths["vae"])
     names = (getattr(args, "image", None), getattr(args, "end_image", None))
     images = tuple(read_image(name) for name in names if name is not None)
     request = (vace_request(**size, references=len(args.reference)) if args.task == "vace"
                else SampleRequest(**size))
-    settings.check_for(config, request.latent_shape(), device, placement.compute_dtype)
+    settings.check_for(config, request.latent_shape(config), device, placement.compute_dtype)
     host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log,
                           on_progress=ProgressDisplay(sys.stderr, log))
     return _Plan(paths, size, settings, fmt, host, images, _loras(args, config, args.lora),
                  _vace_inputs(args), loras_low=_loras(args, config, args.lora_low))
+
+
+def check_vae_for(config, vae_path: Path) -> None:
+    """The TI2V-5B model needs the Wan2.2 VAE and every other model the Wan2.1 one (read from the header)."""
+    from .loading.checkpoint import open_state_dict
+    from .loading.vae import WAN22_ENCODER_INPUT
+
+    weight = open_state_dict(vae_path).get(WAN22_ENCODER_INPUT)
+    wan22 = weight is not None and weight.shape[1] == 12
+    if wan22 != (config.model_type == "ti2v"):
+        want = "the Wan2.2 VAE (wan2.2_vae.safetensors)" if not wan22 else "the Wan2.1 VAE (wan_2.1_vae.safetensors)"
+        raise InputError(f"{vae_path.name} is the Wan{'2.2' if wan22 else '2.1'} VAE, but {config.label} needs {want}; "
+                         "pick it with --vae")
 
 
 def _dit_paths(args: argparse.Namespace) -> dict[str, Path]:

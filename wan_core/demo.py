@@ -20,6 +20,7 @@ from .models.config import DiTConfig
 from .models.dit import WanDiT
 from .models.text_encoder import TextEncoderConfig, UMT5Encoder
 from .models.vae import VAEConfig, WanVAE
+from .models.vae22 import VAE22Config, WanVAE22
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ DEMO_IMAGE_FILES = {  # key -> (model folder, file name)
     "t2v_low": ("diffusion_models", "wancore_demo_wan22_t2v_low_noise.safetensors"),
     "i2v_high": ("diffusion_models", "wancore_demo_wan22_i2v_high_noise.safetensors"),
     "i2v_low": ("diffusion_models", "wancore_demo_wan22_i2v_low_noise.safetensors"),
+    "ti2v": ("diffusion_models", "wancore_demo_wan22_ti2v.safetensors"),
+    "vae22": ("vae", "wancore_demo_wan22_vae.safetensors"),
 }
 TEXT = TextEncoderConfig(vocab=1024, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)
 DIT = DiTConfig("t2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim)  # 4 blocks: a budget can stream some
@@ -48,6 +51,9 @@ FLF2V = DiTConfig("flf2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim
 VACE = DiTConfig("vace", dim=256, ffn_dim=512, num_layers=2, text_dim=TEXT.dim, vace_layers=(0, 1))
 I2V_A14B = DiTConfig("i2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim, in_dim=36, clip_dim=0)
 """The Wan2.2 A14B experts at demo size: t2v ones are :data:`DIT`; i2v ones take the image through y only."""
+TI2V = DiTConfig("ti2v", dim=256, ffn_dim=512, num_layers=4, text_dim=TEXT.dim, in_dim=48, out_dim=48)
+VAE22 = VAE22Config(base_dim=8, decoder_dim=12)
+"""The Wan2.2 TI2V-5B model and its VAE (48 latent channels) at demo size."""
 DEMO_SIZE = {"width": 256, "height": 160, "frames": 17, "steps": 8}
 """Render settings that keep a demo to seconds on a CPU."""
 
@@ -107,7 +113,7 @@ def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
     """Write the demo files under ``models_dir`` (once; existing files are kept). Returns their paths:
     keys ``diffusion_models`` (t2v), ``text_encoders``, ``vae``, ``i2v``, ``flf2v``, ``clip_vision``, ``lora``
     (for the t2v model, laid out as a step-distill LoRA), ``vace``, and the Wan2.2 A14B expert pairs ``t2v_high`` /
-    ``t2v_low``, ``i2v_high`` / ``i2v_low``."""
+    ``t2v_low``, ``i2v_high`` / ``i2v_low``, and the TI2V-5B model ``ti2v`` with its VAE ``vae22``."""
     models_dir = Path(models_dir)
     paths = {kind: models_dir / kind / name for kind, name in DEMO_FILES.items()}
     paths.update({key: models_dir / kind / name for key, (kind, name) in DEMO_IMAGE_FILES.items()})
@@ -129,6 +135,8 @@ def write_demo_models(models_dir: str | Path) -> dict[str, Path]:
         "t2v_low": lambda: _random(WanDiT(DIT), 10),
         "i2v_high": lambda: _random(WanDiT(I2V_A14B), 11),
         "i2v_low": lambda: _random(WanDiT(I2V_A14B), 12),
+        "ti2v": lambda: _random(WanDiT(TI2V), 13),
+        "vae22": lambda: _random(WanVAE22(VAE22), 14),
     }
     for kind, path in paths.items():
         if not path.is_file():

@@ -36,6 +36,22 @@ def size_for_area(height: int, width: int, max_area: int) -> tuple[int, int]:
     return lat_h * unit, lat_w * unit
 
 
+def ti2v_size(height: int, width: int, max_area: int, unit: int = 32) -> tuple[int, int]:
+    """The TI2V-5B resize-to-area rule (``wan/utils/utils.py`` ``best_output_size``): sides multiples of ``unit``
+    (its VAE's 16 x the DiT's 2) at most ``max_area`` pixels, fitting the width or the height first, whichever keeps
+    the aspect ratio better. Returns ``(height, width)``."""
+    ratio = width / height
+    ideal_w = (max_area * ratio) ** 0.5
+    ideal_h = max_area / ideal_w
+    w1 = int(ideal_w // unit * unit)
+    h1 = int(max_area / w1 // unit * unit)
+    h2 = int(ideal_h // unit * unit)
+    w2 = int(max_area / h2 // unit * unit)
+    off1 = max(ratio / (w1 / h1), (w1 / h1) / ratio)
+    off2 = max(ratio / (w2 / h2), (w2 / h2) / ratio)
+    return (h1, w1) if off1 < off2 else (h2, w2)
+
+
 def frame_mask(frames: int, lat_h: int, lat_w: int, last_known: bool) -> torch.Tensor:
     """``[1, 4, F', lat_h, lat_w]``: 1 for the given frames (first, and last when ``last_known``)."""
     known = torch.zeros(frames)
