@@ -245,3 +245,22 @@ def test_the_cli_renders_a_pair_and_replays_it(pack_models, tmp_path, task):
     argv = replay_argv(out, models, tmp_path / "again.mp4", None)
     assert "--dit-low" in argv and argv[argv.index("--boundary") + 1] == "0.9"
     assert main(argv) == 0
+
+
+def test_wan22_models_take_only_the_first_block_cache(experts):
+    """No MagCache / TeaCache tables are published for Wan2.2: a pair (or the 5B) refuses them before any work and
+    renders with the first-block cache."""
+    _, (high, low) = experts
+    context, negative = _prompts()
+    pair = ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW)
+    for kind in ("mag", "tea"):
+        settings = wan_core.RenderSettings(steps=STEPS, shift=SHIFT, resume="off",
+                                           cache=wan_core.StepCacheSettings(kind))
+        with pytest.raises(wan_core.InputError, match="first_block"):
+            wan_core.RenderJob(pair, wan_core.TextEmbeds(context, negative), settings, REQUEST).run(
+                wan_core.StandaloneHost("cpu"))
+    settings = wan_core.RenderSettings(steps=STEPS, shift=SHIFT, resume="off",
+                                       cache=wan_core.StepCacheSettings("first_block"))
+    raw = wan_core.RenderJob(pair, wan_core.TextEmbeds(context, negative), settings, REQUEST).run(
+        wan_core.StandaloneHost("cpu"))
+    assert torch.isfinite(raw).all()

@@ -19,6 +19,7 @@ import torch
 
 from .conditioning import ImageEmbeds, TextEmbeds
 from .constants import VAE_STRIDE, video_frames
+from .errors import InputError
 from .host import Host
 from .runtime.context import RenderContext
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
@@ -105,6 +106,7 @@ class RenderJob:
         render re-places it), so memory others could give up does not refuse a render that fits."""
         model, cond = self.model, self.conditioning()
         config, dtype = getattr(model, "config", None), getattr(model, "compute_dtype", torch.float32)
+        check_cache_for(model, self.settings.cache)
         self.settings.check_for(config, self.shape, device, dtype, None if host is None else UNLIMITED)
         check_tensors(model, self.embeds.positive, self.embeds.negative, self.latent, cond.get("clip_fea"),
                       cond.get("y"), self.shape, cond.get("vace_context"))
@@ -187,6 +189,18 @@ class RenderJob:
         compiled = settings.compile and not refused
         return RenderContext(device=device, attention=settings.attention, plan=plan, replan=replan,
                              runner=CompiledRunner(runner) if compiled else runner)
+
+
+def check_cache_for(model, cache) -> None:
+    """MagCache and TeaCache run from tables published for the Wan2.1 models; the Wan2.2 ones (an A14B expert pair,
+    whose text-to-video experts have the Wan2.1 14B shape; TI2V-5B; the i2v experts) have none: an
+    :class:`~wan_core.InputError` says so and offers the first-block cache, which needs no table."""
+    config = getattr(model, "config", None)
+    wan22 = getattr(model, "is_expert_pair", False) or (config is not None and (
+        config.model_type == "ti2v" or (config.takes_image_latents and not config.has_image_branch)))
+    if wan22 and cache is not None and cache.kind in ("mag", "tea"):
+        raise InputError(f"the {cache.kind} cache runs from tables published for Wan2.1 models; there are none for "
+                         "Wan2.2 (A14B experts, TI2V-5B): use the first_block cache, or none")
 
 
 def _pixels(lat_w: int, lat_h: int, latent_count: int) -> SampleRequest:
