@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .common import gib, run_worker
-from .memory import BUDGETS, _meta_model, write_weights
+from .memory import BUDGETS, _meta_model, print_plan_rows, write_weights
 
 CASES = (("i2v-A14B", torch.float8_e4m3fn, (1280, 720, 81)), ("ti2v-5B", torch.bfloat16, (1280, 704, 121)))
 
@@ -32,14 +32,7 @@ def print_plans() -> None:
         what = "each expert" if name.endswith("A14B") else "the model"
         print(f"{name} ({str(dtype).removeprefix('torch.')}, {what} {gib(wan_core.module_bytes(model))}) at "
               f"{width}x{height}x{frames}, latent {shape}, CFG:")
-        for budget in BUDGETS[1:]:
-            label = f"{budget:>3d} GiB" if budget else "   none"
-            try:
-                plan = wan_core.plan_for(model, shape, True, "cuda", budget * 2**30 if budget else wan_core.UNLIMITED,
-                                         compute_dtype=torch.bfloat16)
-                print(f"  {label}: {plan.describe()}")
-            except wan_core.InputError as err:
-                print(f"  {label}: does not fit: {err}")
+        print_plan_rows(model, shape, BUDGETS[1:])
 
 
 def _memory_now() -> dict[str, int]:

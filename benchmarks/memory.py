@@ -41,14 +41,21 @@ def print_plans() -> None:
         shape = wan_core.SampleRequest(*size, 81).latent_shape()
         print(f"{name} ({str(dtype).removeprefix('torch.')}, weights {gib(wan_core.module_bytes(model))}) at "
               f"{size[0]}x{size[1]}x81, CFG:")
-        for budget in BUDGETS:
-            label = f"{budget:>3d} GiB" if budget else "   none"
-            try:
-                plan = wan_core.plan_for(model, shape, True, "cuda", budget * 2**30 if budget else wan_core.UNLIMITED,
-                                         compute_dtype=torch.bfloat16)
-                print(f"  {label}: {plan.describe()}")
-            except wan_core.InputError as err:
-                print(f"  {label}: does not fit: {err}")
+        print_plan_rows(model, shape, BUDGETS)
+
+
+def print_plan_rows(model, shape: tuple[int, ...], budgets) -> None:
+    """One line per budget (GiB; None: no limit): the plan for ``shape`` with CFG, or why nothing fits."""
+    import wan_core
+
+    for budget in budgets:
+        label = f"{budget:>3d} GiB" if budget else "   none"
+        try:
+            plan = wan_core.plan_for(model, shape, True, "cuda", budget * 2**30 if budget else wan_core.UNLIMITED,
+                                     compute_dtype=torch.bfloat16)
+            print(f"  {label}: {plan.describe()}")
+        except wan_core.InputError as err:
+            print(f"  {label}: does not fit: {err}")
 
 
 def write_weights(path: Path, name: str = "t2v-1.3B", dtype: torch.dtype = torch.bfloat16) -> None:

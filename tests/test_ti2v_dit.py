@@ -1,6 +1,6 @@
 """The Wan2.2 TI2V-5B DiT: 48-channel latents and one timestep per latent frame (the image's frame at 0), against
 the official Wan2.2 ``WanModel`` (per-token timesteps) and diffusers' ``WanTransformer3DModel`` on tiny random
-weights, and the real 5B config's keys on ``meta``."""
+weights (the real 5B config's keys: tests/test_wan22_dit.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from test_dit_parity import DIFFUSERS_TOL, TOL, _rel_err
-from tiny import TEXT_DIM, randomize_
-from wan_reference import wan_module
+from test_wan22_dit import _official
+from tiny import TEXT_DIM
 
 import wan_core
-from wan_core.models.config import PRESETS, DiTConfig, detect
-from wan_core.models.dit import WanDiT
+from wan_core.models.config import DiTConfig
 
 TI2V = DiTConfig("ti2v", dim=256, ffn_dim=384, num_layers=2, text_dim=TEXT_DIM, in_dim=48, out_dim=48)
 F, H, W = 3, 8, 10  # latent frames and cells; tokens per frame: (8/2) * (10/2) = 20
-
-
-def _official(cfg, seed=0):
-    ref = wan_module("modules.model").WanModel(model_type="ti2v", dim=cfg.dim, ffn_dim=cfg.ffn_dim,
-                                               num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-                                               text_dim=cfg.text_dim, in_dim=48, out_dim=48)
-    randomize_(dict(ref.named_parameters()), seed)
-    return ref.eval()
 
 
 def _inputs(batch=1, seed=1):
@@ -86,15 +77,3 @@ def test_one_timestep_for_every_frame_is_the_plain_forward(saved):
         assert _rel_err(ours(x, torch.full((1, F), 500.0), context), ours(x, torch.tensor([500.0]), context)) <= 1e-6
     with pytest.raises(wan_core.InputError, match=r"per-frame timesteps must be \[B, frames\]"):
         ours(x, torch.zeros(1, F + 1), context)
-
-
-def test_real_5b_config_matches_the_official_keys():
-    cfg = PRESETS["ti2v-5B"]
-    with torch.device("meta"):
-        ref = wan_module("modules.model").WanModel(model_type="ti2v", dim=cfg.dim, ffn_dim=cfg.ffn_dim,
-                                                   num_heads=cfg.num_heads, num_layers=cfg.num_layers, in_dim=48,
-                                                   out_dim=48)
-        ours = WanDiT(cfg)
-    shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == shapes
-    assert detect(shapes) == cfg and cfg.num_heads == 24 and cfg.label == "ti2v-5B"

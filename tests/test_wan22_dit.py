@@ -23,9 +23,10 @@ I2V22 = DiTConfig("i2v", dim=256, ffn_dim=384, num_layers=2, text_dim=TEXT_DIM, 
 
 
 def _official(cfg, seed=0):
-    ref = wan_module("modules.model").WanModel(model_type="i2v", dim=cfg.dim, ffn_dim=cfg.ffn_dim,
+    """The official Wan2.2 ``WanModel`` of ``cfg`` (i2v or ti2v) with seeded random weights, in eval mode."""
+    ref = wan_module("modules.model").WanModel(model_type=cfg.model_type, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
                                                num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-                                               text_dim=cfg.text_dim, in_dim=36, out_dim=16)
+                                               text_dim=cfg.text_dim, in_dim=cfg.in_dim, out_dim=cfg.out_dim)
     randomize_(dict(ref.named_parameters()), seed)
     return ref.eval()
 
@@ -67,16 +68,17 @@ def test_the_i2v_expert_matches_diffusers(tmp_path):
     assert _rel_err(got, _run_diffusers(model, x, t, context, None, y)) <= DIFFUSERS_TOL
 
 
-def test_real_i2v_a14b_config_matches_the_official_keys():
-    cfg = PRESETS["i2v-A14B"]
+@pytest.mark.parametrize("name, model_type, heads", [("i2v-A14B", "i2v", 40), ("ti2v-5B", "ti2v", 24)])
+def test_real_wan22_configs_match_the_official_keys(name, model_type, heads):
+    cfg = PRESETS[name]
     with torch.device("meta"):
-        ref = wan_module("modules.model").WanModel(model_type="i2v", dim=cfg.dim, ffn_dim=cfg.ffn_dim,
-                                                   num_heads=cfg.num_heads, num_layers=cfg.num_layers, in_dim=36,
-                                                   out_dim=16)
+        ref = wan_module("modules.model").WanModel(model_type=model_type, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
+                                                   num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+                                                   in_dim=cfg.in_dim, out_dim=cfg.out_dim)
         ours = WanDiT(cfg)
     shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == shapes
-    assert detect(shapes) == cfg and cfg.label == "i2v-A14B"
+    assert detect(shapes) == cfg and cfg.label == name and cfg.num_heads == heads
 
 
 def test_conditioning_of_the_i2v_expert():

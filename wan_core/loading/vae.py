@@ -84,12 +84,16 @@ def load_vae(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     if WAN22_ENCODER_INPUT in state and state[WAN22_ENCODER_INPUT].shape[1] == 12:  # the Wan2.2 VAE: 2x2 patches in
         return _load_wan22(path, state, device, dtype)
     cfg = detect_vae({k: v.shape for k, v in state.items()}, path)
-    state = _to_official(state, cfg)
+    return _built(WanVAE, cfg, _to_official(state, cfg), path, device, dtype, "the Wan2.1 VAE")
+
+
+def _built(cls, cfg, state: dict[str, torch.Tensor], path, device, dtype: torch.dtype, what: str):
+    """``cls(cfg)`` built on ``meta`` and given the file's tensors (checked by name and shape) on ``device``."""
     with torch.device("meta"):
-        model = WanVAE(cfg, compute_dtype=dtype)
-    check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, "the Wan2.1 VAE")
+        model = cls(cfg, compute_dtype=dtype)
+    check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, what)
     model.load_state_dict({k: place(v, device, dtype) for k, v in state.items()}, assign=True, strict=True)
-    log.info("loaded the Wan2.1 VAE (base width %d) from %s as %s", cfg.base_dim, path, dtype)
+    log.info("loaded %s (%s) from %s as %s", what, cfg, path, dtype)
     return model.eval().requires_grad_(False)
 
 
@@ -105,9 +109,4 @@ def _load_wan22(path, state: dict[str, torch.Tensor], device, dtype: torch.dtype
     mult = VAE22Config().dim_mult
     cfg = VAE22Config(base_dim=state[WAN22_ENCODER_INPUT].shape[0], z_dim=state["conv2.weight"].shape[0],
                       decoder_dim=state["decoder.conv1.weight"].shape[0] // mult[-1])
-    with torch.device("meta"):
-        model = WanVAE22(cfg, compute_dtype=dtype)
-    check_keys(path, {k: v.shape for k, v in model.state_dict().items()}, state, "the Wan2.2 VAE")
-    model.load_state_dict({k: place(v, device, dtype) for k, v in state.items()}, assign=True, strict=True)
-    log.info("loaded the Wan2.2 VAE (%d latent channels) from %s as %s", cfg.z_dim, path, dtype)
-    return model.eval().requires_grad_(False)
+    return _built(WanVAE22, cfg, state, path, device, dtype, "the Wan2.2 VAE")
