@@ -264,3 +264,18 @@ def test_wan22_models_take_only_the_first_block_cache(experts):
     raw = wan_core.RenderJob(pair, wan_core.TextEmbeds(context, negative), settings, REQUEST).run(
         wan_core.StandaloneHost("cpu"))
     assert torch.isfinite(raw).all()
+
+
+def test_the_standalone_host_gives_a_moved_model_its_own_tensors_back(tmp_path):
+    """After a stage on another device a network gets back the very tensors it had (a memory-mapped file stays
+    mapped), not a copy: an expert that leaves the GPU at the switch leaves no copy of itself in system memory."""
+    from tiny import random_official_state
+
+    save_file(random_official_state(T2V, seed=3), tmp_path / "dit.safetensors")
+    model = wan_core.load_dit(tmp_path / "dit.safetensors")
+    before = {name: t.data_ptr() for name, t in model.state_dict(keep_vars=True).items()}
+    values = {name: t.clone() for name, t in model.state_dict().items()}
+    with wan_core.StandaloneHost("meta").on_device(model) as device:
+        assert device.type == "meta" and next(model.parameters()).device.type == "meta"
+    assert {name: t.data_ptr() for name, t in model.state_dict(keep_vars=True).items()} == before
+    assert all(torch.equal(t, values[name]) for name, t in model.state_dict().items())

@@ -122,14 +122,21 @@ class StandaloneHost:
 
     @contextmanager
     def on_device(self, *models) -> Iterator[torch.device]:
+        """The models on this host's device for the block, then back: a network that moved gets its very own
+        host tensors back (memory-mapped weights stay mapped, clean and reclaimable, instead of coming back as
+        a fresh copy: an expert pair's first expert leaves no copy of itself in system memory)."""
         homes = [device_of(model) for model in models]
+        kept = [host_tensors(model) if home != self.device else None for model, home in zip(models, homes)]
         try:
             for model in models:
                 model.to(self.device)
             yield self.device
         finally:
-            for model, home in zip(models, homes):
-                model.to(home)
+            for model, home, tensors in zip(models, homes, kept):
+                if tensors is None:
+                    model.to(home)
+                else:
+                    restore_tensors(tensors)
             _empty_cache()
 
     def hold(self, model, extra_bytes: int = 0) -> AbstractContextManager[torch.device]:
@@ -165,6 +172,26 @@ class StandaloneHost:
 
     def report(self, line: str) -> None:
         self._log.info(line)
+
+
+def host_tensors(model) -> list | None:
+    """``(module, parameter or buffer name, tensor)`` of every tensor of an ``nn.Module`` (the tensors themselves,
+    which a move to another device replaces), or None for anything else (moved back with ``.to``)."""
+    module = model if isinstance(model, torch.nn.Module) else None
+    if module is None:
+        return None
+    kept = [(m, name, p.data) for m in module.modules() for name, p in m._parameters.items() if p is not None]
+    return kept + [(m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None]
+
+
+def restore_tensors(kept: list) -> None:
+    """Put the tensors :func:`host_tensors` kept back into their modules."""
+    for module, name, tensor in kept:
+        current = module._parameters.get(name)
+        if current is not None:
+            module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=current.requires_grad)
+        else:
+            module._buffers[name] = tensor
 
 
 def _empty_cache() -> None:
