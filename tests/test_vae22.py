@@ -82,3 +82,40 @@ def test_load_vae_reads_the_official_wan22_file(tmp_path):
     for c in (0, 19, 47):  # the official statistics: mean[19] 0.5109 / std[19] 0.6804, mean[47] -0.0667 / 0.7744
         mean, std = {0: (-0.2289, 0.4765), 19: (0.5109, 0.6804), 47: (-0.0667, 0.7744)}[c]
         assert torch.allclose(normalized[:, c], (raw[:, c] - mean) / std)
+
+
+def _diffusers(ours):
+    """diffusers' ``AutoencoderKLWan`` in its Wan2.2 form (``is_residual``, 2x2 patches) with our weights, mapped to
+    its names by our table (``strict``: every tensor has one name there)."""
+    from diffusers import AutoencoderKLWan
+
+    from wan_core.loading.vae import vae22_key_to_diffusers
+
+    model = AutoencoderKLWan(base_dim=TINY.base_dim, decoder_base_dim=TINY.decoder_dim, z_dim=TINY.z_dim,
+                             is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
+                             temperal_downsample=list(TINY.temporal_downsample)).eval()
+    model.load_state_dict({vae22_key_to_diffusers(k, TINY): v for k, v in ours.state_dict().items()}, strict=True)
+    return model
+
+
+@pytest.mark.parametrize("frames", [1, 9])
+def test_encode_and_decode_match_diffusers(frames):
+    ours, _ = _pair(seed=5)
+    model = _diffusers(ours)
+    video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with torch.no_grad():
+        assert _rel(ours.encode(video), model.encode(video).latent_dist.mode()) <= TOL
+        z = torch.randn(1, TINY.z_dim, (frames - 1) // 4 + 1, 2, 3, generator=torch.Generator().manual_seed(7))
+        assert _rel(ours.decode(z), model.decode(z).sample.clamp(-1, 1)) <= TOL
+
+
+def test_load_vae_reads_the_diffusers_wan22_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    import wan_core
+
+    ours, _ = _pair(seed=8)
+    save_file({k: v.contiguous() for k, v in _diffusers(ours).state_dict().items()}, tmp_path / "d.safetensors")
+    loaded = wan_core.load_vae(tmp_path / "d.safetensors")
+    assert isinstance(loaded, WanVAE22) and loaded.config == TINY
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in loaded.state_dict().items())

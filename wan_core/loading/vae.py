@@ -81,7 +81,8 @@ def load_vae(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     state = open_state_dict(path)
     require_kind(path, state.keys(), "vae")
     device, dtype = placement.device, placement.compute_dtype
-    if WAN22_ENCODER_INPUT in state and state[WAN22_ENCODER_INPUT].shape[1] == 12:  # the Wan2.2 VAE: 2x2 patches in
+    if any(k in state and state[k].shape[1] == 12 for k in (WAN22_ENCODER_INPUT, "encoder.conv_in.weight")):
+        # the Wan2.2 VAE (official or diffusers names): 2x2 patches of RGB in
         return _load_wan22(path, state, device, dtype)
     cfg = detect_vae({k: v.shape for k, v in state.items()}, path)
     return _built(WanVAE, cfg, _to_official(state, cfg), path, device, dtype, "the Wan2.1 VAE")
@@ -101,8 +102,41 @@ WAN22_ENCODER_INPUT = "encoder.conv1.weight"
 """Its input channels tell the VAEs apart: 3 (Wan2.1: RGB), 12 (Wan2.2: 2x2 patches of RGB)."""
 
 
+def vae22_key_to_diffusers(key: str, cfg: VAE22Config) -> str:
+    """The diffusers ``AutoencoderKLWan`` (``is_residual``) name of an official Wan2.2 VAE key."""
+    for old, new in (("conv1.", "quant_conv."), ("conv2.", "post_quant_conv.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    part, _, rest = key.partition(".")
+    rest = re.sub(r"^conv1\.", "conv_in.", rest)
+    rest = re.sub(r"^head\.0\.", "norm_out.", rest)
+    rest = re.sub(r"^head\.2\.", "conv_out.", rest)
+    rest = re.sub(r"^middle\.([02])\.", lambda m: f"mid_block.resnets.{int(m.group(1)) // 2}.", rest)
+    rest = re.sub(r"^middle\.1\.", "mid_block.attentions.0.", rest)
+    blocks = cfg.num_res_blocks if part == "encoder" else cfg.num_res_blocks + 1  # then the resampler
+
+    def level(m: re.Match) -> str:
+        index, pos = m.group(2), int(m.group(3))
+        block = "down_blocks" if m.group(1) == "down" else "up_blocks"
+        sampler = "downsampler" if m.group(1) == "down" else "upsampler"
+        return f"{block}.{index}." + (f"{sampler}." if pos == blocks else f"resnets.{pos}.")
+
+    rest = re.sub(r"^(down|up)samples\.(\d+)\.(?:down|up)samples\.(\d+)\.", level, rest)
+    for old, new in _RESIDUAL:
+        rest = rest.replace(old, new)
+    return f"{part}.{rest}"
+
+
 def _load_wan22(path, state: dict[str, torch.Tensor], device, dtype: torch.dtype) -> WanVAE22:
-    """The Wan2.2 VAE (official / ComfyUI keys), its widths and latent channels read from the tensors."""
+    """The Wan2.2 VAE (official / ComfyUI keys, or diffusers' ``AutoencoderKLWan`` names), its widths and latent
+    channels read from the tensors."""
+    if "post_quant_conv.weight" in state:  # the diffusers layout: back to the official names
+        shape = state["decoder.conv_in.weight"].shape
+        cfg = VAE22Config(base_dim=state["encoder.conv_in.weight"].shape[0], z_dim=shape[1],
+                          decoder_dim=shape[0] // VAE22Config().dim_mult[-1])
+        with torch.device("meta"):
+            table = {vae22_key_to_diffusers(k, cfg): k for k in WanVAE22(cfg).state_dict()}
+        state = {table.get(k, k): v for k, v in state.items()}
     for key in ("decoder.conv1.weight", "conv2.weight"):
         if key not in state:
             raise CheckpointError(f"{path}: a Wan2.2 VAE encoder but no {key!r}; the file is incomplete")
