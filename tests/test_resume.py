@@ -108,6 +108,24 @@ def test_stop_after_n_then_continue_equals_one_go(tmp_path, sampler):
     assert not resume.path.exists()
 
 
+@pytest.mark.parametrize("sampler", ["unipc", "dpm++", "euler"])
+def test_the_same_stopped_render_run_again_hands_out_the_same_preview_without_computing(tmp_path, sampler):
+    """Run again with the same stop_after, a stopped render is at its stop already: the same prediction comes back
+    and the model is not called (before, it computed one more step and stopped one step later)."""
+    model = _model()
+    context, negative, _ = _conditioning(T2V)
+    settings = dict(request=REQUEST, seed=7, steps=STEPS, sampler=sampler, stop_after=2)
+    resume = ResumeFile(tmp_path / "slot.safetensors")
+    preview = wan_core.sample(model, context, negative, **settings, resume=resume)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        again = wan_core.sample(model, context, negative, **settings, resume=resume)
+    finally:
+        hook.remove()
+    assert torch.equal(again, preview) and calls == []
+
+
 def _cli_args(tmp_path, name, *extra):
     return ["t2v", "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--steps", "6",
             "--frames", "5", "--out", str(tmp_path / name), "--keep-latent", *extra]

@@ -264,6 +264,11 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
             runner_state = {k[len(RUNNER):]: v for k, v in state.history.items() if k.startswith(RUNNER)}
             if runner_state:
                 render.runner.load_state(runner_state)
+    if state is not None and stop_after and state.step >= stop_after:  # this render stopped here already
+        log.info("the render stopped at step %d of %d already (%s)", state.step, schedule.steps, resume.path)
+        if on_stop is not None:
+            on_stop(state)
+        return denormalize_latents(_last_prediction(state))
     state = state or start_state  # a resume file of this very render wins over the hand-over it started from
     x = make_noise(shape, seed).to(device)
     if latent is not None and denoise < 1.0:
@@ -334,6 +339,14 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     if resume is not None:
         resume.remove()
     return denormalize_latents(out)
+
+
+def _last_prediction(state: SolverState) -> torch.Tensor:
+    """The data prediction of a saved state's last step (what a render stopped there handed out)."""
+    for key in ("x0_last", "prev_x0", "x0"):  # UniPC, DPM++, euler
+        if key in state.history:
+            return state.history[key]
+    return state.x
 
 
 def _check_first_frame(config, first_frame: torch.Tensor | None, shape: tuple[int, ...]) -> None:

@@ -77,7 +77,7 @@ def euler(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
         x0 = x - sigmas[i] * v
         x = _projected(x + (sigmas[i + 1] - sigmas[i]) * v, project)
         if checkpoint:
-            checkpoint(SolverState(i + 1, x))
+            checkpoint(SolverState(i + 1, x, {"x0": x0}))  # the prediction: what a render stopped here hands out
         if callback:
             callback(i, x, x0)
     return x
