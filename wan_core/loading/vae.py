@@ -21,8 +21,10 @@ _RESIDUAL = (("residual.0.gamma", "norm1.gamma"), ("residual.2.", "conv1."), ("r
              ("residual.6.", "conv2."), ("shortcut.", "conv_shortcut."))
 
 
-def vae_key_to_diffusers(key: str, cfg: VAEConfig) -> str:
-    """The diffusers ``AutoencoderKLWan`` name of an official Wan2.1 VAE key."""
+def _key_to_diffusers(key: str, levels) -> str:
+    """The diffusers ``AutoencoderKLWan`` name of an official VAE key: the parts both Wan VAEs share (quant convs,
+    input / output convs and norm, middle blocks, residual blocks) here, ``levels(part, rest)`` the resolution
+    levels, which differ."""
     for old, new in (("conv1.", "quant_conv."), ("conv2.", "post_quant_conv.")):
         if key.startswith(old):
             return new + key[len(old):]
@@ -32,17 +34,24 @@ def vae_key_to_diffusers(key: str, cfg: VAEConfig) -> str:
     rest = re.sub(r"^head\.2\.", "conv_out.", rest)
     rest = re.sub(r"^middle\.([02])\.", lambda m: f"mid_block.resnets.{int(m.group(1)) // 2}.", rest)
     rest = re.sub(r"^middle\.1\.", "mid_block.attentions.0.", rest)
-    rest = re.sub(r"^downsamples\.", "down_blocks.", rest)
+    rest = levels(part, rest)
+    for old, new in _RESIDUAL:
+        rest = rest.replace(old, new)
+    return f"{part}.{rest}"
+
+
+def vae_key_to_diffusers(key: str, cfg: VAEConfig) -> str:
+    """The diffusers ``AutoencoderKLWan`` name of an official Wan2.1 VAE key."""
     per_level = cfg.num_res_blocks + 2  # decoder level: num_res_blocks + 1 residual blocks, then an upsampler
 
     def up(m: re.Match) -> str:
         level, pos = divmod(int(m.group(1)), per_level)
         return f"up_blocks.{level}." + ("upsamplers.0." if pos == per_level - 1 else f"resnets.{pos}.")
 
-    rest = re.sub(r"^upsamples\.(\d+)\.", up, rest)
-    for old, new in _RESIDUAL:
-        rest = rest.replace(old, new)
-    return f"{part}.{rest}"
+    def levels(_part: str, rest: str) -> str:
+        return re.sub(r"^upsamples\.(\d+)\.", up, re.sub(r"^downsamples\.", "down_blocks.", rest))
+
+    return _key_to_diffusers(key, levels)
 
 
 def _to_official(state: dict[str, torch.Tensor], cfg: VAEConfig) -> dict[str, torch.Tensor]:
@@ -104,27 +113,18 @@ WAN22_ENCODER_INPUT = "encoder.conv1.weight"
 
 def vae22_key_to_diffusers(key: str, cfg: VAE22Config) -> str:
     """The diffusers ``AutoencoderKLWan`` (``is_residual``) name of an official Wan2.2 VAE key."""
-    for old, new in (("conv1.", "quant_conv."), ("conv2.", "post_quant_conv.")):
-        if key.startswith(old):
-            return new + key[len(old):]
-    part, _, rest = key.partition(".")
-    rest = re.sub(r"^conv1\.", "conv_in.", rest)
-    rest = re.sub(r"^head\.0\.", "norm_out.", rest)
-    rest = re.sub(r"^head\.2\.", "conv_out.", rest)
-    rest = re.sub(r"^middle\.([02])\.", lambda m: f"mid_block.resnets.{int(m.group(1)) // 2}.", rest)
-    rest = re.sub(r"^middle\.1\.", "mid_block.attentions.0.", rest)
-    blocks = cfg.num_res_blocks if part == "encoder" else cfg.num_res_blocks + 1  # then the resampler
 
-    def level(m: re.Match) -> str:
-        index, pos = m.group(2), int(m.group(3))
-        block = "down_blocks" if m.group(1) == "down" else "up_blocks"
-        sampler = "downsampler" if m.group(1) == "down" else "upsampler"
-        return f"{block}.{index}." + (f"{sampler}." if pos == blocks else f"resnets.{pos}.")
+    def levels(part: str, rest: str) -> str:
+        blocks = cfg.num_res_blocks if part == "encoder" else cfg.num_res_blocks + 1  # then the resampler
 
-    rest = re.sub(r"^(down|up)samples\.(\d+)\.(?:down|up)samples\.(\d+)\.", level, rest)
-    for old, new in _RESIDUAL:
-        rest = rest.replace(old, new)
-    return f"{part}.{rest}"
+        def level(m: re.Match) -> str:
+            kind, index, pos = m.group(1), m.group(2), int(m.group(3))
+            inner = f"{kind}sampler." if pos == blocks else f"resnets.{pos}."
+            return f"{kind}_blocks.{index}.{inner}"
+
+        return re.sub(r"^(down|up)samples\.(\d+)\.(?:down|up)samples\.(\d+)\.", level, rest)
+
+    return _key_to_diffusers(key, levels)
 
 
 def _load_wan22(path, state: dict[str, torch.Tensor], device, dtype: torch.dtype) -> WanVAE22:

@@ -411,7 +411,7 @@ def sample_pair(pair, context: torch.Tensor, negative: torch.Tensor | None = Non
             between(phases[index - 1][0], expert)
         kept: list[SolverState] = []
         last = index == len(phases) - 1
-        context_for = render(expert) if callable(render) and not isinstance(render, RenderContext) else render
+        context_for = render(expert) if callable(render) else render  # a RenderContext is not callable
         out = sample(expert, context, negative, steps=steps, cfg=scale, shift=shift, sampler=sampler,
                      denoise=denoise, render=context_for, latent=latent,
                      start_step=first, start_state=state, stop_after=end if not last else stop_after,
