@@ -4,6 +4,8 @@ part-way from a LATENT."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -177,13 +179,18 @@ def test_through_the_nodes_two_samplers_equal_the_expert_pair_node(pack_models):
         nodes["WanCoreLoraLoader"]().load(pair, pack_models["lora"].name, 1.0)
 
 
-def test_a_pair_render_places_one_expert_at_a_time(experts):
+def test_a_pair_render_places_one_expert_at_a_time(experts, monkeypatch):
     """Through the render job: the high-noise expert is placed for its steps, released at the switch (inside
-    ComfyUI: its model manager unloads it), then the low-noise expert is placed by its own memory plan."""
+    ComfyUI: its model manager unloads it) and the pages of its mapped file given back, then the low-noise expert
+    is placed by its own memory plan."""
     import contextlib
+
+    import wan_core.job
 
     _, (high, low) = experts
     events = []
+    monkeypatch.setattr(wan_core.job, "release_file_pages",
+                        lambda model: events.append(("pages", "high" if model is high else "low")))
 
     class Recording(wan_core.StandaloneHost):
         def hold(self, model, extra_bytes=0):
@@ -207,7 +214,7 @@ def test_a_pair_render_places_one_expert_at_a_time(experts):
     job = wan_core.RenderJob(ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW),
                              wan_core.TextEmbeds(context, negative), settings, REQUEST)
     raw = job.run(Recording("cpu"))
-    assert events == [("plan",), ("hold", "high"), ("release", "high"), ("plan",), ("hold", "low")]
+    assert events == [("plan",), ("hold", "high"), ("release", "high"), ("pages", "high"), ("plan",), ("hold", "low")]
     expected = wan_core.sample(ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW), context, negative,
                                request=REQUEST, seed=SEED, steps=STEPS, shift=SHIFT)
     assert torch.equal(raw, expected)
@@ -279,3 +286,34 @@ def test_the_standalone_host_gives_a_moved_model_its_own_tensors_back(tmp_path):
         assert device.type == "meta" and next(model.parameters()).device.type == "meta"
     assert {name: t.data_ptr() for name, t in model.state_dict(keep_vars=True).items()} == before
     assert all(torch.equal(t, values[name]) for name, t in model.state_dict().items())
+
+
+def _resident_file_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_PAGEOUT and /proc are Linux's")
+def test_released_mapped_weights_leave_resident_memory_and_read_back_unchanged(tmp_path):
+    """The first expert's pages are given back at the switch: after :func:`release_file_pages` the clean pages of
+    a module's mapped file are no longer resident (a 64 MiB file: RssFile falls by most of it), the weights read
+    back equal, a weight the process wrote (copy-on-write) keeps what was written, and a module of ordinary
+    tensors has nothing to give back."""
+    from wan_core.loading.safetensors_io import load_mmap
+    from wan_core.runtime.file_pages import release_file_pages
+
+    gen = torch.Generator().manual_seed(0)
+    values = {f"w{i}": torch.randn(1024, 2048, generator=gen) for i in range(8)}  # 8 x 8 MiB
+    save_file(values, tmp_path / "big.safetensors")
+    module = torch.nn.Module()
+    for name, tensor in load_mmap(tmp_path / "big.safetensors").items():
+        module.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))
+    module.w0.data[0, 0] = 7.0  # a written page: private to this process now
+    assert sum(float(p.sum()) for p in module.parameters())  # every page read: resident
+    before = _resident_file_bytes()
+    assert release_file_pages(module) >= 64 * 2**20
+    assert before - _resident_file_bytes() > 48 * 2**20
+    assert module.w0[0, 0] == 7.0
+    assert torch.equal(module.w0[1:], values["w0"][1:])
+    assert all(torch.equal(getattr(module, name), values[name]) for name in values if name != "w0")
+    assert release_file_pages(torch.nn.Linear(256, 256)) == 0

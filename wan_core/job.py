@@ -22,6 +22,7 @@ from .constants import VAE_STRIDE, video_frames
 from .errors import InputError
 from .host import Host
 from .runtime.context import RenderContext
+from .runtime.file_pages import release_file_pages
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
 from .runtime.runners import CompiledRunner, ResidentRunner, compile_unavailable
 from .runtime.streaming import module_bytes
@@ -143,8 +144,9 @@ class RenderJob:
         resume = ResumeStore(folder) if settings.resume == "auto" and folder is not None else None
         phases, state = self.phases(), self.start_state
         for index, (model, first, end, cfg) in enumerate(phases):
-            if index:
+            if index:  # the first expert leaves the device, then the pages of its mapped files the RAM
                 host.release(phases[index - 1][0])
+                release_file_pages(phases[index - 1][0])
             kept: list[SolverState] = []
             last = index == len(phases) - 1
             stop = (settings.stop_after or None) if last else end

@@ -18,6 +18,7 @@ from ..constants import LATENT_CHANNELS, VAE_STRIDE, WAN22_VAE_STRIDE, video_fra
 from ..errors import CheckpointError, InputError, RenderError, RenderInterrupted, WanCoreError
 from ..latents import denormalize_latents, normalize_latents
 from ..runtime.context import RenderContext
+from ..runtime.file_pages import release_file_pages
 from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
 from ..runtime.memory_plan import FFN_CHUNKS, UNLIMITED
@@ -400,15 +401,18 @@ def sample_pair(pair, context: torch.Tensor, negative: torch.Tensor | None = Non
     """:func:`sample` with an :class:`~wan_core.ExpertPair`: the high-noise expert's steps, then the low-noise
     expert's from the solver state the first stretch stopped with, so the result is that of one solver run that
     switches experts at the boundary (as the official loop does). render: one context for both, or
-    ``render(expert) -> RenderContext``; between(previous, next): called at the switch (a render job lets the
-    first expert leave the device there). Other arguments as :func:`sample`."""
+    ``render(expert) -> RenderContext``; between(previous, next): called at the switch, after the first expert's
+    memory-mapped pages were given back to the system (:func:`~wan_core.runtime.file_pages.release_file_pages`).
+    Other arguments as :func:`sample`."""
     if rest.get("first_frame") is not None:
         raise InputError("an expert pair takes no first_frame (that is the TI2V-5B model's image-to-video)")
     phases = expert_phases(pair, steps, shift, sampler, denoise, cfg, stop_after)
     state, out, latent = None, None, rest.pop("latent", None)
     for index, (expert, first, end, scale) in enumerate(phases):
-        if index and between is not None:
-            between(phases[index - 1][0], expert)
+        if index:
+            release_file_pages(phases[index - 1][0])
+            if between is not None:
+                between(phases[index - 1][0], expert)
         kept: list[SolverState] = []
         last = index == len(phases) - 1
         context_for = render(expert) if callable(render) else render  # a RenderContext is not callable
