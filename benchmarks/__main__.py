@@ -19,6 +19,9 @@ def main(argv=None) -> None:
                         "demo model on the CPU; memory, gguf, fp8, vae: measure on this device")
     for name, default in (("width", 832), ("height", 480), ("frames", 81), ("steps", 20)):
         parser.add_argument(f"--{name}", type=int, default=default, help=f"speed on a device (default {default})")
+    parser.add_argument("--model", default="t2v-1.3B", choices=["t2v-1.3B", "ti2v-5B"],
+                        help="dit: the real config to time (ti2v-5B: 3 of its 30 blocks unless --blocks)")
+    parser.add_argument("--blocks", type=int, help="dit: keep this many of the config's blocks")
     parser.add_argument("--out", help="gpu: folder of the report (default gpu_report)")
     parser.add_argument("--dry-run", action="store_true", help="gpu: list the steps and their time budgets only")
     args = parser.parse_args(argv)
@@ -29,7 +32,7 @@ def main(argv=None) -> None:
     elif args.what == "dit":
         from . import dit
 
-        dit.main(runs=args.runs or 3, impls=tuple(args.impl or dit.IMPLS))
+        dit.main(runs=args.runs or 3, impls=tuple(args.impl or dit.IMPLS), model=args.model, blocks=args.blocks)
     elif args.what == "vae":
         from . import vae
 

@@ -40,7 +40,7 @@ def _step_fn(impl: str, weights: str):
 
         denoise = cfg_denoiser(load_dit(weights), context, negative, CFG, render=RenderContext())
         return lambda: denoise(x, t)
-    forward = _build("wan22", weights)  # it pads each prompt's states to 512 rows itself
+    forward = _build("wan22", weights, CONFIG)  # it pads each prompt's states to 512 rows itself
 
     def official_step():
         cond = forward(x, t, context)

@@ -106,6 +106,34 @@ def test_a_gguf_dit_computes_as_its_dequantized_weights(tmp_path, qtype):
     assert view.blocks[0].ffn[0].low_rank and view.blocks[0].ffn[0].weight.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("kind", ["i2v-A14B expert", "ti2v-5B"])
+def test_wan22_gguf_files_load_detect_and_compute_as_their_dequantized_weights(tmp_path, kind):
+    """city96's Wan2.2 GGUFs carry the same layout (arch ``wan``): an A14B i2v expert (36 input channels, no image
+    branch) and the TI2V-5B (48 channels, one timestep per latent frame) are detected and compute as their
+    dequantized weights."""
+    from test_ti2v_dit import TI2V
+    from test_wan22_dit import I2V22
+
+    cfg = I2V22 if kind.startswith("i2v") else TI2V
+    state = random_official_state(cfg, seed=7)
+    dequantized = _write_gguf(tmp_path / "dit.gguf", state, "Q8_0")
+    model = wan_core.load_dit(tmp_path / "dit.gguf")
+    assert model.config == cfg and inspect_dit(tmp_path / "dit.gguf") == cfg
+    reference = wan_core.WanDiT(cfg)
+    reference.load_state_dict({k: dequantized[k].reshape(v.shape) for k, v in state.items()})
+    reference.eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, cfg.in_dim if cfg.model_type == "ti2v" else 16, 3, 8, 10, generator=gen)
+    context = torch.randn(1, 7, cfg.text_dim, generator=gen)
+    if cfg.model_type == "ti2v":
+        t, extra = torch.tensor([[0.0, 640.0, 640.0]]), {}
+    else:
+        t, extra = torch.tensor([700.0]), {"y": torch.randn(1, 20, 3, 8, 10, generator=gen)}
+    with torch.no_grad():
+        got, want = model(x, t, context, **extra), reference(x, t, context, **extra)
+    assert ((got - want).norm() / want.norm()).item() <= 1e-5
+
+
 def test_a_gguf_of_another_architecture_is_refused(tmp_path):
     _write_gguf(tmp_path / "llama.gguf", {"token_embd.weight": torch.zeros(64, 32)}, "Q8_0", arch="llama")
     with pytest.raises(wan_core.CheckpointError, match="architecture 'llama'.*'wan'"):
