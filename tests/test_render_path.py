@@ -80,8 +80,9 @@ def test_the_node_the_cli_and_the_task_function_render_the_same_latent(demo, tmp
 SAMPLES = {"sampler": "dpm++", "steps": 7, "cfg": 4.5, "shift": 3.0, "seed": 2**63 + 5, "denoise": 0.6,
            "stop_after": 3, "start_step": 2, "cache": StepCacheSettings("tea", 0.15, 0.25, 1), "attention": "auto",
            "compile": True,
-           "vram_budget": 2.5, "resume": "off", "experts": None, "context": None, "parallel": None}
-NOT_ON_THE_COMMAND_LINE = {"denoise", "start_step", "experts", "context", "parallel"}
+           "vram_budget": 2.5, "resume": "off", "experts": None,
+           "context": wan_core.ContextWindows(49, 12, "looped", "flat", 2, True), "parallel": None}
+NOT_ON_THE_COMMAND_LINE = {"denoise", "start_step", "experts", "parallel"}
 """Fields the CLI cannot take: it renders from noise (denoise 1, start_step 0: it takes no LATENT), and the slots of
 capabilities to come."""
 
@@ -100,7 +101,7 @@ def test_every_settings_field_has_a_sample_and_a_place_on_the_command_line():
 def test_settings_survive_the_manifest_whole():
     settings = RenderSettings(**SAMPLES)
     assert all(getattr(settings, k) != f.default for k, f in RenderSettings.__dataclass_fields__.items()
-               if k not in ("experts", "context", "parallel"))
+               if k not in ("experts", "parallel"))
     assert RenderSettings.from_manifest(json.loads(json.dumps(settings.to_manifest()))) == settings
     assert RenderSettings.from_manifest({"seed": 3}) == RenderSettings(seed=3)  # an older manifest's missing fields
 
@@ -130,7 +131,7 @@ def test_settings_survive_manifest_replay_and_the_command_line(demo, tmp_path):
     ({"attention": "fast"}, "attention 'fast' is unknown"),
     ({"stop_after": -2}, "stop_after must be a whole number of steps"),
     ({"sampler": "causvid", "denoise": 0.5}, "runs its fixed list of steps from pure noise"),
-    ({"context": {"frames": 81}}, "context settings are not supported by this version"),
+    ({"context": {"frames": 81}}, "context must be context-window settings"),
     ({"cache": "mag"}, "cache must be step cache settings"),
 ])
 def test_settings_check_themselves_with_the_value_and_the_fix(change, message):

@@ -90,6 +90,7 @@ from .sampling.request import SampleRequest, check_seed
 from .sampling.resume import ResumeFile, ResumeStore
 from .sampling.settings import RenderSettings, setting_help
 from .sampling.solvers import SolverState
+from .sampling.windows import FUSE_METHODS, SCHEDULES, ContextWindows, PerWindowRunner
 from .stages import TILINGS, decode_latent, encode_text, encode_video, vae_tile
 from .vace import VaceEmbeds, extension_source, outpaint_source, vace_conditioning, vace_request
 from .video import (
@@ -140,7 +141,8 @@ __all__ = [
     "register_backend", "resolve_placement",
     # sampling
     "SAMPLERS", "SampleRequest", "ResumeFile", "ResumeStore", "cfg_branches", "check_render", "check_seed",
-    "check_tensors", "sample", "sample_pair", "SolverState",
+    "check_tensors", "sample", "sample_pair", "SolverState", "ContextWindows", "PerWindowRunner", "FUSE_METHODS",
+    "SCHEDULES",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

@@ -23,6 +23,8 @@ from .runtime.cache_settings import CACHE_KINDS
 from .runtime.placement import DTYPES
 from .sampling.loop import SAMPLERS
 from .sampling.settings import setting_help as tip
+from .sampling.windows import FUSE_METHODS
+from .sampling.windows import SCHEDULES as CONTEXT_SCHEDULES
 
 log = logging.getLogger("wan_core.cli")
 
@@ -149,6 +151,21 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                           "first_block 0.2)")
     t2v.add_argument("--cache-max-skips", type=int,
                      help="reused steps in a row at most (default: mag 2, tea no limit, first_block 3)")
+    t2v.add_argument("--context-frames", type=int, metavar="N",
+                     help=f"{tip('context')} N frames per window, 4n+1 (the native node's context_length; default: "
+                     "no windows)")
+    t2v.add_argument("--context-overlap", type=int, metavar="M", help="frames shared by neighbouring windows "
+                     "(default 30: 8 latent frames)")
+    t2v.add_argument("--context-schedule", choices=list(CONTEXT_SCHEDULES), help="static: the same windows at every "
+                     "step (needed with --cache); uniform / looped: windows shifted at every step (looped wraps "
+                     "around the end) (default: static)")
+    t2v.add_argument("--context-fuse", choices=list(FUSE_METHODS), help="how overlapping windows blend: pyramid "
+                     "(towards each window's middle), overlap-linear (a linear cross-fade over the overlap), flat "
+                     "(a plain average) (default: pyramid)")
+    t2v.add_argument("--context-stride", type=int, help="uniform / looped: also windows over every 2nd, 4th, ... "
+                     "frame up to this stride (default: 1)")
+    t2v.add_argument("--context-closed-loop", action="store_true", help="looped: windows also wrap from the end to "
+                     "the start (a seamless loop)")
     t2v.add_argument("--vram-budget", type=float, default=0.0, metavar="GB",
                      help=f"{tip('vram_budget')} The reserve is 1 GiB. (default: 0)")
     t2v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",

@@ -31,6 +31,7 @@ from .sampling.request import SampleRequest
 from .sampling.resume import ResumeStore
 from .sampling.settings import RenderSettings
 from .sampling.solvers import SolverState
+from .sampling.windows import PerWindowRunner
 from .vace import VaceEmbeds
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,17 @@ class RenderJob:
         return tuple(self.latent.shape) if self.latent is not None else \
             self.size.latent_shape(getattr(self.model, "config", None))
 
+    @property
+    def call_shape(self) -> tuple[int, ...]:
+        """The latent shape of one model call: the whole latent, or with context windows its largest window (and
+        a VACE render's reference frames, which every window carries): what memory is planned and checked for."""
+        return call_shape(self.settings, self.shape, self.references)
+
+    @property
+    def references(self) -> int:
+        """Latent frames of VACE reference images at the start of the latent (0 without)."""
+        return self.vace.references if self.vace is not None else 0
+
     def conditioning(self) -> dict:
         """The model's image / VACE conditioning, as :func:`~wan_core.sample` takes it."""
         out = {} if self.image is None else {"clip_fea": self.image.clip_fea, "y": self.image.y}
@@ -112,13 +124,13 @@ class RenderJob:
         check_tensors(model, self.embeds.positive, self.embeds.negative, self.latent, cond.get("clip_fea"),
                       cond.get("y"), self.shape, cond.get("vace_context"))
         if host is not None:
-            check_room(host, model, self.settings, self.shape)
+            check_room(host, model, self.settings, self.shape, self.references)
 
     def plan(self, device: torch.device, budget: int | None, model=None, cfg: float | None = None) -> MemoryPlan:
         """The memory plan of ``model`` (default: the job's; an expert of a pair) guided at ``cfg`` for ``budget``
         bytes (None: the planner's default); a step cache keeps CFG batched."""
         guided = cfg_branches(self.embeds.negative, self.settings.cfg if cfg is None else cfg) == 2
-        return plan_for(model or self.model, self.shape, guided, device, budget,
+        return plan_for(model or self.model, self.call_shape, guided, device, budget,
                         allow_sequential=self.settings.cache is None)
 
     def phases(self) -> list[tuple[object, int, int, float]]:
@@ -151,6 +163,7 @@ class RenderJob:
             last = index == len(phases) - 1
             stop = (settings.stop_after or None) if last else end
             args = dict(settings.sample_args(), cfg=cfg, start_step=first, start_state=state, stop_after=stop,
+                        windows=settings.context, reference_frames=self.references,
                         on_stop=on_stop if last else kept.append, keep_resume=last, resume=resume,
                         manifest=self.manifest, callback=lambda i, _n, x0: progress(i + 1, x0))
             raw = self._sample(host, device, model, args)
@@ -182,9 +195,15 @@ class RenderJob:
         settings, config = self.settings, model.config
         runner = ResidentRunner()
         if settings.cache is not None:
-            _, _, _, h, w = self.shape
-            runner = settings.cache.runner(settings.steps, cfg_branches(self.embeds.negative, settings.cfg),
-                                           config.model_type, config.dim, h * VAE_STRIDE[1] * w * VAE_STRIDE[2])
+            _, _, frames, h, w = self.shape
+
+            def cache():
+                return settings.cache.runner(settings.steps, cfg_branches(self.embeds.negative, settings.cfg),
+                                             config.model_type, config.dim, h * VAE_STRIDE[1] * w * VAE_STRIDE[2])
+
+            windows = settings.context
+            count = 1 if windows is None else len(windows.windows(frames - self.references, 0))
+            runner = cache() if count == 1 else PerWindowRunner(cache, count)  # each window's own cache state
         refused = compile_unavailable(model, device) if settings.compile else None
         if refused:
             log.warning("compile is off for this render, which runs eagerly: %s", refused)
@@ -214,15 +233,25 @@ def _describe(size: SampleRequest) -> str:
     return f"{size.width}x{size.height}, {size.frames} frames"
 
 
-def check_room(host: Host, model, settings: RenderSettings, latent_shape: tuple[int, ...]) -> None:
-    """The render's memory check against what ``host`` has free once asked to make room for the leanest plan
-    (inside ComfyUI: other models unloaded), plus what ``model`` itself holds on the device (the render re-places
-    it): raises :class:`~wan_core.InputError` naming both sizes when even that is too little."""
+def call_shape(settings: RenderSettings, latent_shape: tuple[int, ...], references: int = 0) -> tuple[int, ...]:
+    """The latent shape of one model call of a render of ``latent_shape`` (``references`` VACE reference frames at
+    its start): with context windows, the largest window and the reference frames, else the whole latent."""
+    if settings.context is None:
+        return tuple(latent_shape)
+    batch, channels, frames, h, w = latent_shape
+    return batch, channels, references + settings.context.window_frames(frames - references), h, w
+
+
+def check_room(host: Host, model, settings: RenderSettings, latent_shape: tuple[int, ...], references: int = 0) -> None:
+    """The render's memory check against what ``host`` has free once asked to make room for the leanest plan of
+    one model call (:func:`call_shape`: with context windows, a window's), inside ComfyUI other models unloaded,
+    plus what ``model`` itself holds on the device (the render re-places it): raises
+    :class:`~wan_core.InputError` naming both sizes when even that is too little."""
     config, dtype = getattr(model, "config", None), getattr(model, "compute_dtype", torch.float32)
     if config is None:
         return
     device = host.compute_device()
-    host.make_room(least_render_bytes(config, latent_shape, dtype))
+    host.make_room(least_render_bytes(config, call_shape(settings, latent_shape, references), dtype))
     settings.check_for(config, latent_shape, device, dtype, host.free_memory() + _bytes_on(model, device))
 
 

@@ -27,6 +27,7 @@ from .request import SampleRequest, check_number, check_settings
 from .resume import ResumeFile, ResumeStore, render_identity
 from .schedules import UNIPC_SIGMA_MAX, Schedule, causvid_schedule, flow_schedule, lightx2v_schedule
 from .solvers import Denoise, SolverState, dpmpp_2m, euler, unipc
+from .windows import ContextWindows, check_windows, windowed
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,13 @@ def build_schedule(sampler: str, steps: int, shift: float, denoise: float, dim: 
 def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps: int = 50, cfg: float = 5.0,
                  shift: float = 5.0, sampler: str = "unipc", denoise: float = 1.0, negative: bool = True,
                  device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32,
-                 available: int | None = None) -> Schedule:
+                 available: int | None = None, windows: ContextWindows | None = None) -> Schedule:
     """Every check of a render that needs no tensor: settings, schedule, latent size, and memory.
 
     config: the DiT's config (None for a stand-in model: no size or memory check); latent_shape:
-    ``(B, 16, F', h, w)``. The activation estimate is checked against ``available`` bytes (None: ``device``'s
-    free memory, the system's available RAM on CPU) before anything is allocated. Returns the schedule.
+    ``(B, 16, F', h, w)``. The activation estimate (of one model call: with context ``windows``, of the largest
+    window) is checked against ``available`` bytes (None: ``device``'s free memory, the system's available RAM
+    on CPU) before anything is allocated. Returns the schedule.
     """
     check_settings(seed, steps, cfg, shift, denoise)
     schedule = build_schedule(sampler, steps, shift, denoise, config.dim if config is not None else 1536)
@@ -137,7 +139,8 @@ def check_render(config, latent_shape: tuple[int, ...], *, seed: int = 0, steps:
         config.check_latent_shape(latent_shape)
         batch, _, f, h, w = latent_shape
         stride = WAN22_VAE_STRIDE if config.model_type == "ti2v" else VAE_STRIDE
-        check_fits(least_render_bytes(config, latent_shape, compute_dtype), torch.device(device),
+        call_shape = latent_shape if windows is None else (batch, latent_shape[1], windows.window_frames(f), h, w)
+        check_fits(least_render_bytes(config, call_shape, compute_dtype), torch.device(device),
                    f"a {video_frames(f)}-frame {w * stride[2]}x{h * stride[1]} render (batch {batch})",
                    "render fewer frames or a smaller size, or use a device with more memory", available)
     return schedule
@@ -191,7 +194,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            stop_after: int | None = None, manifest: dict | None = None, vace_context: torch.Tensor | None = None,
            vace_strength: float = 1.0, start_step: int = 0, start_state: SolverState | None = None,
            on_stop: Callable[[SolverState], None] | None = None, keep_resume: bool = False,
-           first_frame: torch.Tensor | None = None) -> torch.Tensor:
+           first_frame: torch.Tensor | None = None, windows: ContextWindows | None = None,
+           reference_frames: int = 0) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
 
     model: a :class:`~wan_core.models.dit.WanDiT` (or any callable with its signature, ``render`` included).
@@ -218,6 +222,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     first_frame: RAW ``[B, 48, 1, h, w]`` latents of an image (a TI2V-5B model's image-to-video, as the official
     ``textimage2video``): the first latent frame is the image's, its tokens get timestep 0, and it is put back
     after every step.
+    windows: context windows (:mod:`.windows`): every model call runs as one call per window, blended;
+    reference_frames: latent frames at the start that every window carries (a VACE render's reference images).
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
     if getattr(model, "is_expert_pair", False):
@@ -225,7 +231,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
                            cfg=cfg, shift=shift, sampler=sampler, denoise=denoise, clip_fea=clip_fea, y=y,
                            render=render, callback=callback, interrupt=interrupt, resume=resume,
                            stop_after=stop_after, manifest=manifest, vace_context=vace_context,
-                           vace_strength=vace_strength, first_frame=first_frame)
+                           vace_strength=vace_strength, first_frame=first_frame, windows=windows,
+                           reference_frames=reference_frames)
     render = render or RenderContext()
     check_settings(seed, steps, cfg, shift, denoise)
     is_module = isinstance(model, torch.nn.Module)
@@ -238,7 +245,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     schedule = check_render(config, shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler,
                             denoise=denoise, negative=negative is not None, device=device,
                             compute_dtype=render.dtype_for(model) if is_module else torch.float32,
-                            available=UNLIMITED if planned else None)
+                            available=UNLIMITED if planned else None, windows=windows)
+    check_windows(windows, render.runner, shape[2] - reference_frames)
     check_tensors(model, context, negative, latent, clip_fea, y, shape, vace_context)
     _check_first_frame(config, first_frame, shape)
     context, negative = _broadcast("prompt", context, shape[0]), _broadcast("negative prompt", negative, shape[0])
@@ -255,7 +263,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
                    "first_frame": first_frame}
         settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
                         **({"vace_strength": vace_strength} if vace_context is not None else {}),
-                        **({"start_step": start_step} if start_step else {}))
+                        **({"start_step": start_step} if start_step else {}),
+                        **({"windows": repr(windows), "reference_frames": reference_frames} if windows else {}))
         identity = render_identity(model, tensors, settings, render)
         if isinstance(resume, ResumeStore):
             resume = resume.file_for(identity)
@@ -281,9 +290,12 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         moved.update(vace_context=vace_context.to(device), vace_strength=float(vace_strength))
     context, negative = context.to(device), None if negative is None else negative.to(device)
     project, call = None, model
+    if windows is not None:
+        log.info(windows.describe(shape[2] - reference_frames))
+        call = windowed(model, windows, shape[2], schedule.timesteps, reference_frames)
     if first_frame is not None:  # TI2V image-to-video: the image's latent frame, fixed, at timestep 0
         known = normalize_latents(_broadcast("first frame", first_frame.float(), shape[0])).to(device)
-        project, call = _fixed_first_frame(known), _first_frame_at_zero(model, shape[2])
+        project, call = _fixed_first_frame(known), _first_frame_at_zero(call, shape[2])
         x = project(x)
 
     def denoiser() -> Denoise:  # CFG batched or one branch at a time, as the render's (current) plan says

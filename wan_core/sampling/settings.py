@@ -19,10 +19,15 @@ from ..runtime.attention import DEFAULT_ATTENTION, attention_backends
 from ..runtime.cache_settings import StepCacheSettings
 from .loop import check_render, check_sampler
 from .request import check_number, check_settings
+from .windows import ContextWindows
 
 RESUME_MODES = ("auto", "off")
-VALUE, SWITCH, CACHE = "value", "switch", "cache"
-"""How a field is written on the command line: ``--flag VALUE``, a ``--flag`` switch, or the cache flags."""
+VALUE, SWITCH, CACHE, CONTEXT = "value", "switch", "cache", "context"
+"""How a field is written on the command line: ``--flag VALUE``, a ``--flag`` switch, the cache flags or the
+context-window flags."""
+CONTEXT_FLAGS = {"frames": "--context-frames", "overlap": "--context-overlap", "schedule": "--context-schedule",
+                 "fuse": "--context-fuse", "stride": "--context-stride"}
+"""The context-window flags per field of :class:`~.windows.ContextWindows` (closed_loop: ``--context-closed-loop``)."""
 
 
 def _setting(default, flag: str | None, help: str, kind: str = VALUE):
@@ -73,7 +78,10 @@ class RenderSettings:
                            "same result; off: always start fresh.")
     # the slots of the capabilities that plug into this one render path next; until they land only None is valid
     experts: None = _setting(None, None, "Wan2.2 expert-pair settings (boundary, cfg per expert); not in this version.")
-    context: None = _setting(None, None, "Context windows for long videos; not in this version.")
+    context: ContextWindows | None = _setting(None, "--context-frames", "Context windows for long videos: every step "
+                                              "denoises overlapping windows of this many frames (81: the models' "
+                                              "own length) and blends them, so memory grows with the window, not "
+                                              "with the video.", CONTEXT)
     parallel: None = _setting(None, None, "Sequence- / CFG-parallel degrees over several GPUs; not in this version.")
 
     def __post_init__(self) -> None:
@@ -95,7 +103,9 @@ class RenderSettings:
         check_number("vram_budget", self.vram_budget, 0.0, fix="it is in GiB; 0 is automatic")
         if self.resume not in RESUME_MODES:
             raise InputError(f"resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
-        for slot in ("experts", "context", "parallel"):
+        if self.context is not None and not isinstance(self.context, ContextWindows):
+            raise InputError(f"context must be context-window settings (or none), got {type(self.context).__name__}")
+        for slot in ("experts", "parallel"):
             if getattr(self, slot) is not None:
                 raise InputError(f"{slot} settings are not supported by this version of wan_core; leave them unset")
 
@@ -109,10 +119,11 @@ class RenderSettings:
     def check_for(self, config, latent_shape: tuple[int, ...], device: torch.device | str = "cpu",
                   compute_dtype: torch.dtype = torch.float32, available: int | None = None):
         """Everything these settings mean for a model (its ``config``, None for a stand-in) rendering
-        ``latent_shape`` on ``device``: the schedule, the size and the memory against ``available`` bytes (None:
-        the device's free memory now; :func:`~.loop.check_render`)."""
+        ``latent_shape`` on ``device``: the schedule, the size and the memory (of one window's model call with
+        context windows) against ``available`` bytes (None: the device's free memory now;
+        :func:`~.loop.check_render`)."""
         return check_render(config, latent_shape, **self.sample_args(), device=device, compute_dtype=compute_dtype,
-                            available=available)
+                            available=available, windows=self.context)
 
     def budget_bytes(self) -> int | None:
         """The memory budget in bytes, or None (automatic)."""
@@ -132,6 +143,8 @@ class RenderSettings:
         values = {f.name: manifest[f.name] for f in fields(cls) if f.name in manifest}
         if values.get("cache") is not None:
             values["cache"] = _cache_from(values["cache"])
+        if values.get("context") is not None:
+            values["context"] = _context_from(values["context"])
         return cls(**values)
 
     def to_argv(self) -> list[str]:
@@ -146,6 +159,8 @@ class RenderSettings:
                 argv += [flag] if value else []
             elif kind == CACHE:
                 argv += [] if value is None else _cache_argv(value)
+            elif kind == CONTEXT:
+                argv += [] if value is None else _context_argv(value)
             else:
                 argv += [flag, str(value)]
         return argv
@@ -165,6 +180,8 @@ class RenderSettings:
             if kind == CACHE:
                 value = None if value in (None, "off") else StepCacheSettings(
                     value, args.cache_threshold, args.cache_start, args.cache_max_skips)
+            if kind == CONTEXT:
+                value = _context_from_args(args)
             values[f.name] = bool(value) if kind == SWITCH else value
         return cls(**{**values, **overrides})
 
@@ -178,7 +195,36 @@ def _dest(flag: str) -> str:
 
 
 def _encode(value):
-    return asdict(value) if isinstance(value, StepCacheSettings) else value
+    return asdict(value) if isinstance(value, (StepCacheSettings, ContextWindows)) else value
+
+
+def _context_from(value) -> ContextWindows:
+    try:
+        return ContextWindows(**value)
+    except TypeError as err:
+        raise InputError(f"the manifest's context-window settings {value!r} are damaged ({err})") from err
+
+
+def _context_argv(context: ContextWindows) -> list[str]:
+    """The ``--context-*`` flags of ``context`` (every field, so a replay does not depend on the defaults)."""
+    argv = []
+    for name, flag in CONTEXT_FLAGS.items():
+        argv += [flag, str(getattr(context, name))]
+    return argv + (["--context-closed-loop"] if context.closed_loop else [])
+
+
+def _context_from_args(args) -> ContextWindows | None:
+    """Context windows from the ``--context-*`` flags (None without ``--context-frames``); a flag given alone is
+    an error, not ignored."""
+    given = {name: getattr(args, _dest(flag), None) for name, flag in CONTEXT_FLAGS.items()}
+    closed = bool(getattr(args, "context_closed_loop", False))
+    if given["frames"] is None:
+        stray = [CONTEXT_FLAGS[n] for n, v in given.items() if v is not None] + (["--context-closed-loop"] * closed)
+        if stray:
+            raise InputError(f"{', '.join(stray)} set context windows up; give --context-frames N too (81: the "
+                             "models' own length)")
+        return None
+    return ContextWindows(**{k: v for k, v in given.items() if v is not None}, closed_loop=closed)
 
 
 def _cache_from(value) -> StepCacheSettings:
