@@ -27,6 +27,7 @@ from .constants import (
     video_frames,
 )
 from .errors import CheckpointError, InputError, OutputError, RenderError, RenderInterrupted, WanCoreError
+from .extend import Extension, extend, extension_recipe
 from .host import Host, StandaloneHost, device_of, log_progress
 from .i2v import image_conditioning, size_for_area, ti2v_size
 from .job import RenderJob
@@ -142,7 +143,7 @@ __all__ = [
     # sampling
     "SAMPLERS", "SampleRequest", "ResumeFile", "ResumeStore", "cfg_branches", "check_render", "check_seed",
     "check_tensors", "sample", "sample_pair", "SolverState", "ContextWindows", "PerWindowRunner", "FUSE_METHODS",
-    "SCHEDULES",
+    "SCHEDULES", "Extension", "extend", "extension_recipe",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

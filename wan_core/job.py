@@ -26,6 +26,7 @@ from .runtime.file_pages import release_file_pages
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
 from .runtime.runners import CompiledRunner, ResidentRunner, compile_unavailable
 from .runtime.streaming import module_bytes
+from .sampling.fixed import check_fixed
 from .sampling.loop import cfg_branches, check_tensors, expert_phases, least_render_bytes, sample
 from .sampling.request import SampleRequest
 from .sampling.resume import ResumeStore
@@ -52,6 +53,7 @@ class RenderJob:
     vace: VaceEmbeds | None = None
     manifest: dict | None = None  # stored in the resume file (and by the caller in what it writes)
     start_state: SolverState | None = None  # settings.start_step > 0: the solver state a stopped render handed over
+    fixed: torch.Tensor | None = None  # RAW [B, C, K, h, w]: the latent's first K frames, held (an extension's)
 
     @property
     def size(self) -> SampleRequest:
@@ -110,6 +112,8 @@ class RenderJob:
             out["clip_fea"] = None  # a CLIP vision wired to a model without a CLIP branch (Wan2.2 i2v): unused
         if self.vace is not None:
             out.update(vace_context=self.vace.context, vace_strength=self.vace.strength)
+        if self.fixed is not None:
+            out["fixed_frames"] = self.fixed
         return out
 
     def check(self, device: torch.device, host: Host | None = None) -> None:
@@ -123,6 +127,7 @@ class RenderJob:
         self.settings.check_for(config, self.shape, device, dtype, None if host is None else UNLIMITED)
         check_tensors(model, self.embeds.positive, self.embeds.negative, self.latent, cond.get("clip_fea"),
                       cond.get("y"), self.shape, cond.get("vace_context"))
+        check_fixed(config, self.fixed, self.shape, "fixed_frames")
         if host is not None:
             check_room(host, model, self.settings, self.shape, self.references)
 

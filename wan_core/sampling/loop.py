@@ -23,6 +23,7 @@ from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
 from ..runtime.memory import check_fits, dit_activation_bytes
 from ..runtime.memory_plan import FFN_CHUNKS, UNLIMITED
 from ..runtime.patches import nonfinite_patches
+from .fixed import check_fixed, hold_fixed
 from .request import SampleRequest, check_number, check_settings
 from .resume import ResumeFile, ResumeStore, render_identity
 from .schedules import UNIPC_SIGMA_MAX, Schedule, causvid_schedule, flow_schedule, lightx2v_schedule
@@ -195,7 +196,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
            vace_strength: float = 1.0, start_step: int = 0, start_state: SolverState | None = None,
            on_stop: Callable[[SolverState], None] | None = None, keep_resume: bool = False,
            first_frame: torch.Tensor | None = None, windows: ContextWindows | None = None,
-           reference_frames: int = 0) -> torch.Tensor:
+           reference_frames: int = 0, fixed_frames: torch.Tensor | None = None) -> torch.Tensor:
     """Denoise from seeded noise (or part-way from ``latent``) and return RAW latents.
 
     model: a :class:`~wan_core.models.dit.WanDiT` (or any callable with its signature, ``render`` included).
@@ -224,6 +225,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     after every step.
     windows: context windows (:mod:`.windows`): every model call runs as one call per window, blended;
     reference_frames: latent frames at the start that every window carries (a VACE render's reference images).
+    fixed_frames: RAW ``[B, C, K, h, w]``: the latent's first K frames are these at the end (an extension's frames
+    to continue from; :mod:`.fixed`: a TI2V model sees them at timestep 0, others noised to each step's level).
     Returns RAW latents ``[B, 16, F', H/8, W/8]`` float32.
     """
     if getattr(model, "is_expert_pair", False):
@@ -232,7 +235,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
                            render=render, callback=callback, interrupt=interrupt, resume=resume,
                            stop_after=stop_after, manifest=manifest, vace_context=vace_context,
                            vace_strength=vace_strength, first_frame=first_frame, windows=windows,
-                           reference_frames=reference_frames)
+                           reference_frames=reference_frames, fixed_frames=fixed_frames)
     render = render or RenderContext()
     check_settings(seed, steps, cfg, shift, denoise)
     is_module = isinstance(model, torch.nn.Module)
@@ -248,7 +251,10 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
                             available=UNLIMITED if planned else None, windows=windows)
     check_windows(windows, render.runner, shape[2] - reference_frames)
     check_tensors(model, context, negative, latent, clip_fea, y, shape, vace_context)
-    _check_first_frame(config, first_frame, shape)
+    check_fixed(config, first_frame, shape)
+    check_fixed(config, fixed_frames, shape, "fixed_frames")
+    if first_frame is not None and fixed_frames is not None:
+        raise InputError("give first_frame (a TI2V image) or fixed_frames (frames to continue from), not both")
     context, negative = _broadcast("prompt", context, shape[0]), _broadcast("negative prompt", negative, shape[0])
     clip_fea, y = _broadcast("image conditioning", clip_fea, shape[0]), _broadcast("image conditioning", y, shape[0])
     vace_context = _broadcast("VACE conditioning", vace_context, shape[0])
@@ -260,7 +266,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     if resume is not None:
         tensors = {"context": context, "negative": negative, "latent": latent, "clip_fea": clip_fea, "y": y,
                    "vace_context": vace_context, "start": None if start_state is None else start_state.x,
-                   "first_frame": first_frame}
+                   "first_frame": first_frame, "fixed_frames": fixed_frames}
         settings = dict(shape=shape, seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, denoise=denoise,
                         **({"vace_strength": vace_strength} if vace_context is not None else {}),
                         **({"start_step": start_step} if start_step else {}),
@@ -280,7 +286,7 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
             on_stop(state)
         return denormalize_latents(_last_prediction(state))
     state = state or start_state  # a resume file of this very render wins over the hand-over it started from
-    x = make_noise(shape, seed).to(device)
+    x = noise = make_noise(shape, seed).to(device)
     if latent is not None and denoise < 1.0:
         s0 = schedule.sigmas[0].item()
         x = (1 - s0) * normalize_latents(latent.float().to(device)) + s0 * x
@@ -293,10 +299,10 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
     if windows is not None:
         log.info(windows.describe(shape[2] - reference_frames))
         call = windowed(model, windows, shape[2], schedule.timesteps, reference_frames)
-    if first_frame is not None:  # TI2V image-to-video: the image's latent frame, fixed, at timestep 0
-        known = normalize_latents(_broadcast("first frame", first_frame.float(), shape[0])).to(device)
-        project, call = _fixed_first_frame(known), _first_frame_at_zero(call, shape[2])
-        x = project(x)
+    held = first_frame if first_frame is not None else fixed_frames
+    if held is not None:  # TI2V image-to-video's image frame, or the frames an extension continues from
+        project, call = hold_fixed(config, held, noise, call, shape[2])
+        x = project(x, schedule.sigmas[0])
 
     def denoiser() -> Denoise:  # CFG batched or one branch at a time, as the render's (current) plan says
         sequential = render.plan is not None and render.plan.cfg_sequential
@@ -360,38 +366,6 @@ def _last_prediction(state: SolverState) -> torch.Tensor:
         if key in state.history:
             return state.history[key]
     return state.x
-
-
-def _check_first_frame(config, first_frame: torch.Tensor | None, shape: tuple[int, ...]) -> None:
-    """An image's first-frame latents only for a TI2V model, shaped as one frame of the render's latent."""
-    if first_frame is None:
-        return
-    if config is None or config.model_type != "ti2v":
-        raise InputError("first_frame (an image's latent as the first frame) is for the Wan2.2 TI2V-5B model; "
-                         f"this is {'a stand-in model' if config is None else config.label}")
-    want = (shape[1], 1, *shape[3:])
-    if first_frame.dim() != 5 or tuple(first_frame.shape[1:]) != want or first_frame.shape[0] not in (1, shape[0]):
-        raise InputError(f"first_frame must be [B, {want[0]}, 1, {want[2]}, {want[3]}] (the image encoded by the "
-                         f"Wan2.2 VAE at the render's size), got {tuple(first_frame.shape)}")
-    check_finite("the image's latent (first_frame)", first_frame, "encode the image again")
-
-
-def _fixed_first_frame(known: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``project(x)``: x with its first latent frame set to ``known`` (normalized ``[B, C, 1, h, w]``)."""
-    def project(x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        x[:, :, :1] = known.to(x.dtype)
-        return x
-    return project
-
-
-def _first_frame_at_zero(model, frames: int) -> Callable:
-    """``model`` called with one timestep per latent frame: 0 for the first (the image's), t for the rest."""
-    def call(x: torch.Tensor, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        scale = torch.ones(frames, dtype=t.dtype, device=t.device)
-        scale[0] = 0
-        return model(x, t.reshape(-1, 1) * scale, *args, **kwargs)
-    return call
 
 
 def expert_phases(pair, steps: int, shift: float, sampler: str, denoise: float, cfg: float,

@@ -3,7 +3,7 @@
 Each solver is ``solver(denoise, x, schedule, callback=None, checkpoint=None, resume=None) -> x0``
 where ``denoise(x, t)`` returns the flow ``v = noise - x0`` at model time ``t``, ``callback(i, x,
 x0_pred)`` runs after every step (progress, previews, cancellation), ``checkpoint(state)`` receives
-the solver's whole :class:`SolverState` after every step, ``resume`` continues from one, and ``project(x)``
+the solver's whole :class:`SolverState` after every step, ``resume`` continues from one, and ``project(x, sigma)``
 puts fixed parts of the latent back after each update. The
 multistep solvers follow the official Wan ``FlowUniPCMultistepScheduler`` (UniPC, B(h) = e^h - 1,
 order 2, corrector from the second step) and ``FlowDPMSolverMultistepScheduler`` (DPM-Solver++ 2M,
@@ -48,14 +48,15 @@ class SolverState:
 
 
 Checkpoint = Callable[[SolverState], None]
-Project = Callable[[torch.Tensor], torch.Tensor]
-"""``project(x) -> x`` after every step's update: fixed parts of the latent put back (Wan2.2 TI2V's image frame),
+Project = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``project(x, sigma) -> x`` after every step's update (``sigma``: the noise level x is at now): fixed parts of the
+latent put back (Wan2.2 TI2V's image frame; an extension's leading frames, noised to ``sigma``),
 before the next evaluation and before the state is checkpointed (a UniPC corrector recomputes from its own
 previous x, as the official scheduler does with its ``last_sample``)."""
 
 
-def _projected(x: torch.Tensor, project: Project | None) -> torch.Tensor:
-    return x if project is None else project(x)
+def _projected(x: torch.Tensor, project: Project | None, sigma: torch.Tensor) -> torch.Tensor:
+    return x if project is None else project(x, sigma)
 
 
 def _start(x: torch.Tensor, resume: SolverState | None, schedule: Schedule) -> tuple[int, torch.Tensor, dict]:
@@ -75,7 +76,7 @@ def euler(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
     for i in range(first, schedule.steps):
         v = denoise(x, schedule.timesteps[i])
         x0 = x - sigmas[i] * v
-        x = _projected(x + (sigmas[i + 1] - sigmas[i]) * v, project)
+        x = _projected(x + (sigmas[i + 1] - sigmas[i]) * v, project, sigmas[i + 1])
         if checkpoint:
             checkpoint(SolverState(i + 1, x, {"x0": x0}))  # the prediction: what a render stopped here hands out
         if callback:
@@ -105,7 +106,7 @@ def dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: St
         if not first_order:
             r = (_lambda(s) - _lambda(sigmas[i - 1])) / h
             x_next = x_next - 0.5 * (1 - s_next) * decay * ((1.0 / r) * (x0 - prev_x0))
-        x, prev_x0 = _projected(x_next, project), x0
+        x, prev_x0 = _projected(x_next, project, sigmas[i + 1]), x0
         if checkpoint:
             checkpoint(SolverState(i + 1, x, {"prev_x0": prev_x0}))
         if callback:
@@ -163,7 +164,7 @@ def unipc(denoise: Denoise, x: torch.Tensor, schedule: Schedule, callback: StepC
         if order == 2:
             rk = (lam[i - 1] - lam[i]) / (lam[i + 1] - lam[i])
             d1 = 0.5 * (x0s[-2] - x0s[-1]) / rk
-        x = _projected(_unipc_update(x, sigmas[i], sigmas[i + 1], x0, d1), project)
+        x = _projected(_unipc_update(x, sigmas[i], sigmas[i + 1], x0, d1), project, sigmas[i + 1])
         if checkpoint:
             saved = {"last_x": last_x, "x0_last": x0s[-1], **({"x0_older": x0s[0]} if len(x0s) > 1 else {})}
             checkpoint(SolverState(i + 1, x, saved, last_order))
