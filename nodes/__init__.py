@@ -5,6 +5,7 @@ Reached only relatively from the pack root, never as a top-level ``nodes`` (Comf
 
 from .cache import WanCoreCache
 from .experts import WanCoreExpertPair
+from .extend import WanCoreExtend
 from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
 from .loaders import WanCoreLoraLoader, WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
 from .sampler import WanCoreSampler
@@ -12,6 +13,7 @@ from .text import WanCoreTextEncode
 from .vace import WanCoreVACEConditioning, WanCoreVACEExtend, WanCoreVACEOutpaint
 from .vae import WanCoreVAEDecode, WanCoreVAEEncode
 from .video import WanCoreLoadVideo, WanCoreVideoWriter
+from .windows import WanCoreContextWindows
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreModelLoader": WanCoreModelLoader,
@@ -31,6 +33,8 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreVACEExtend": WanCoreVACEExtend,
     "WanCoreVACEOutpaint": WanCoreVACEOutpaint,
     "WanCoreExpertPair": WanCoreExpertPair,
+    "WanCoreContextWindows": WanCoreContextWindows,
+    "WanCoreExtend": WanCoreExtend,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -51,4 +55,6 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanCoreVACEExtend": "Wan VACE Extend Clip (WanCore)",
     "WanCoreVACEOutpaint": "Wan VACE Outpaint Clip (WanCore)",
     "WanCoreExpertPair": "Wan Expert Pair (WanCore)",
+    "WanCoreContextWindows": "Wan Context Windows (WanCore)",
+    "WanCoreExtend": "Wan Extend (WanCore)",
 }

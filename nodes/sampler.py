@@ -68,15 +68,17 @@ class WanCoreSampler:
                                          "tooltip": tip("vram_budget")}),
             "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache. " + tip("cache")}),
             "start_step": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": tip("start_step")}),
+            "context": ("WANCORE_CONTEXT", {"tooltip": "From Wan Context Windows. " + tip("context")}),
         }}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
             latent=None, image_embeds=None, vace=None, resume="auto", stop_after=0, attention="sdpa",
-            compile=False, cache=None, vram_budget_gb=0.0, start_step=0):
+            compile=False, cache=None, vram_budget_gb=0.0, start_step=0, context=None):
         host.render_started()
         settings = RenderSettings(sampler=sampler, steps=steps, cfg=cfg, shift=shift, seed=seed, denoise=denoise,
                                   stop_after=stop_after, cache=cache, attention=attention, compile=compile,
-                                  vram_budget=vram_budget_gb, resume=resume, start_step=start_step)
+                                  vram_budget=vram_budget_gb, resume=resume, start_step=start_step,
+                                  context=context)
         manifest = {"node": "WanCoreSampler", "settings": settings.to_manifest(), "versions": manifest_versions()}
         state = latent.get(STATE_KEY) if latent is not None and start_step else None
         job = RenderJob(model, embeds, settings, SampleRequest(width, height, frames),

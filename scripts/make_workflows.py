@@ -231,6 +231,51 @@ def _ti2v(prefix: str, image: bool) -> list[dict]:
     return nodes
 
 
+LONG_PROMPT = ("A red fox trots through fresh snow in a birch forest, the camera tracking beside it as it passes "
+               "frozen streams and fallen trees, soft golden light, cinematic, one continuous shot.")
+
+
+def _long_t2v() -> list[dict]:
+    """241 frames (15 s) of t2v 1.3B through context windows of 81 frames overlapping by 30 (static, pyramid)."""
+    nodes = _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_long_241")
+    nodes[3]["widgets"]["positive"] = LONG_PROMPT
+    nodes[4]["widgets"]["frames"] = 241
+    nodes[4]["links"]["context"] = (30, 0)
+    nodes.append({"id": 30, "type": "WanCoreContextWindows", "pos": (420, 700),
+                  "widgets": {"context_frames": 81, "context_overlap": 30, "schedule": "static", "fuse": "pyramid"}})
+    return nodes
+
+
+def _extended(nodes: list[dict], frames: int, conditioning: dict) -> list[dict]:
+    """``nodes`` (a render) continued by Wan Extend to ``frames`` in latent space, decoded once at the end."""
+    sampler = next(n for n in nodes if n["type"] == "WanCoreSampler")
+    decode = next(n for n in nodes if n["type"] == "WanCoreVAEDecode")
+    widgets = {k: sampler["widgets"][k] for k in ("seed", "steps", "cfg", "shift", "sampler")}
+    nodes.append({"id": 31, "type": "WanCoreExtend", "pos": (1200, 420),
+                  "links": {"model": sampler["links"]["model"], "embeds": sampler["links"]["embeds"],
+                            "latent": (sampler["id"], 0), **conditioning},
+                  "widgets": {"frames": frames, "overlap": 16, "segment_frames": 81, **widgets}})
+    decode["links"]["latent"] = (31, 0)
+    return nodes
+
+
+def _i2v_extended() -> list[dict]:
+    """An 81-frame i2v 480p clip extended to 321 frames (20 s at 16 fps), conditioned through the image embeds."""
+    nodes = _i2v("wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors", 832, 480, "WanCore/i2v_480p_20s", shift=3.0,
+                 steps=40)
+    return _extended(nodes, 321, {"image_embeds": (10, 0)})
+
+
+def _vace_extended() -> list[dict]:
+    """A VACE 1.3B text-to-video clip (VACE conditioning without control) extended to 241 frames by the VACE extend
+    recipe in latent space."""
+    nodes = _t2v("wan2.1_vace_1.3B_fp16.safetensors", 832, 480, "WanCore/vace_extend_241")
+    nodes[4]["links"]["vace"] = (20, 0)
+    nodes.append({"id": 20, "type": "WanCoreVACEConditioning", "pos": (400, 560), "links": {"vae": (3, 0)},
+                  "widgets": {"width": 832, "height": 480, "frames": 81, "strength": 1.0}})
+    return _extended(nodes, 241, {"vace": (20, 0)})
+
+
 WORKFLOWS = {
     "wan2.1_t2v_1.3B": lambda: _t2v("wan2.1_t2v_1.3B_fp16.safetensors", 832, 480, "WanCore/t2v_1.3B"),
     "wan2.1_t2v_14B": lambda: _t2v("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", 1280, 720, "WanCore/t2v_14B"),
@@ -250,6 +295,9 @@ WORKFLOWS = {
     "wan2.2_t2v_A14B_lightning_4step": lambda: _pair("t2v", "WanCore/wan22_t2v_A14B_4step", lightning=True),
     "wan2.2_ti2v_5B_t2v": lambda: _ti2v("WanCore/wan22_ti2v_5B", image=False),
     "wan2.2_ti2v_5B_i2v": lambda: _ti2v("WanCore/wan22_ti2v_5B_i2v", image=True),
+    "wan2.1_t2v_1.3B_241_context_windows": _long_t2v,
+    "wan2.1_i2v_480p_extend_20s": _i2v_extended,
+    "wan2.1_vace_1.3B_extend_latent": _vace_extended,
 }
 
 

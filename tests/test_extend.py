@@ -148,3 +148,36 @@ def test_bad_inputs_fail_before_any_step(monkeypatch):
     with pytest.raises(InputError, match="image-to-video model needs the clip's image conditioning"):
         image_segment(None, clip[:, :, -2:], 7)
     assert calls.calls == []
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_the_cli_extends_in_latent_space_and_decodes_once(tmp_path, monkeypatch, capsys, task):
+    """--extend-to 25 from a 9-frame clip (3 latent) by 9-frame segments carrying 4 frames (1 latent): 3 + 2 + 2
+    = 7 latent frames, 25 frames; the VAE decodes once, over the whole latent, and encodes nothing but the i2v
+    start image (once, before the first render); the manifest replays the extension."""
+    from test_cli import _frames
+
+    from wan_core.cli import main
+    from wan_core.replay import replay_argv
+    from wan_core.video import write_video
+
+    counts = {"encode": 0, "decode": 0}
+    for name in counts:
+        original = getattr(wan_core.WanVAE, name)
+        monkeypatch.setattr(wan_core.WanVAE, name, lambda self, *a, _o=original, _n=name, **k:
+                            counts.__setitem__(_n, counts[_n] + 1) or _o(self, *a, **k))
+    out = tmp_path / f"{task}.mp4"
+    args = [task, "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--out", str(out),
+            "--steps", "2", "--frames", "9", "--width", "64", "--height", "48", "--extend-to", "25",
+            "--extend-overlap", "4", "--extend-prompt", "the fox runs"]
+    if task == "i2v":
+        image = write_video(torch.rand(1, 48, 64, 3), tmp_path / "start", fmt="png") / "frame_00000.png"
+        args += ["--image", str(image)]
+    assert main(args) == 0
+    assert _frames(capsys.readouterr().out.strip()) == (25, 48, 64)
+    assert counts == {"encode": 1 if task == "i2v" else 0, "decode": 1}
+    argv = replay_argv(out, tmp_path / "models", None, None)
+    assert argv[argv.index("--extend-to") + 1] == "25" and "--extend-prompt=the fox runs" in argv
+    shorter = [a if a != "25" else "5" for a in args]
+    assert main(shorter) == 2  # shorter than the clip: refused before anything loads
+    assert "more than the 5 to extend to" in capsys.readouterr().err

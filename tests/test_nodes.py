@@ -15,6 +15,8 @@ from wan_core.demo import DEMO_FILES, DEMO_IMAGE_FILES, write_demo_models
 
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 SMALL = {"width": 64, "height": 48, "frames": 5, "steps": 3}
+WINDOWED_FRAMES = 13  # a context-window workflow's clip: 4 latent frames
+EXTENDED_FRAMES = 17  # an extension workflow's whole video: 2 latent frames extended to 5 (segments of 3 carrying 1)
 FILE_LISTS = {"model_name", "vae_name", "video", "clip_name", "image", "lora_name"}  # combos listing the user's files
 
 
@@ -43,6 +45,7 @@ def _demo_overrides(workflow: dict | None = None):
     small = {"width": SMALL["width"], "height": 64 if ti2v else SMALL["height"]}  # the 5B: sides of 32
     sampler = next((n for n in (workflow or {}).get("nodes", []) if n["type"] == "WanCoreSampler"), None)
     fixed_steps = sampler is not None and sampler["widgets_values"][8] in ("lightx2v_4step", "causvid")
+    windowed = any(n["type"] == "WanCoreContextWindows" for n in (workflow or {}).get("nodes", []))
     experts = {}  # a Wan2.2 pair's loaders: the demo expert of the same task and noise level
     for node in (workflow or {}).get("nodes", []):
         name = node["widgets_values"][0] if node["type"] == "WanCoreModelLoader" else ""
@@ -58,7 +61,10 @@ def _demo_overrides(workflow: dict | None = None):
         "ImageScale": small,
         "WanCoreTextEncoderLoader": {"model_name": DEMO_FILES["text_encoders"]},
         "WanCoreVAELoader": {"vae_name": DEMO_IMAGE_FILES["vae22"][1] if ti2v else DEMO_FILES["vae"]},
-        "WanCoreSampler": {**{k: v for k, v in SMALL.items() if not (fixed_steps and k == "steps")}, **small},
+        "WanCoreSampler": {**{k: v for k, v in SMALL.items() if not (fixed_steps and k == "steps")}, **small,
+                           **({"frames": WINDOWED_FRAMES} if windowed else {})},
+        "WanCoreContextWindows": {"context_frames": 5, "context_overlap": 4},  # 2 latent frames, overlap 1: 3 windows
+        "WanCoreExtend": {"frames": EXTENDED_FRAMES, "overlap": 4, "segment_frames": 9, "steps": SMALL["steps"]},
         "WanCoreLoraLoader": {"lora_name": DEMO_IMAGE_FILES["lora"][1]},
         "WanCoreVACEConditioning": {**small, "frames": SMALL["frames"]},
         "WanCoreVACEExtend": {"frames": SMALL["frames"]},
@@ -80,7 +86,7 @@ def _check_spec(node: str, name: str, spec: tuple) -> None:
 def test_node_contract(env):
     mappings = load_pack().NODE_CLASS_MAPPINGS
     assert set(mappings) == set(load_pack().NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(mappings) == 17
+    assert len(mappings) == 19
     for node, cls in mappings.items():
         assert node.startswith("WanCore") and cls.CATEGORY.startswith("WanCore/"), node
         assert cls.DESCRIPTION and isinstance(cls.RETURN_TYPES, tuple), node
@@ -167,7 +173,10 @@ def test_workflow_runs_on_the_demo_model(env, path):
     assert Path(written).is_file() and Path(written).parent.is_relative_to(env / "output")
     scale = next((n["widgets_values"][1] for n in workflow["nodes"] if n["type"] == "ImageScaleBy"), 1.0)
     height = 64 if any("ti2v" in str(n.get("widgets_values")) for n in workflow["nodes"]) else SMALL["height"]
-    assert _decoded(written) == (SMALL["frames"], round(height * scale), round(SMALL["width"] * scale))
+    types = {n["type"] for n in workflow["nodes"]}
+    frames = EXTENDED_FRAMES if "WanCoreExtend" in types else WINDOWED_FRAMES if "WanCoreContextWindows" in types \
+        else SMALL["frames"]
+    assert _decoded(written) == (frames, round(height * scale), round(SMALL["width"] * scale))
     manifest = load_pack().wan_core.read_manifest(written)  # the run manifest: settings and hashed model files
     sampler = next(v for v in manifest["graph"].values() if v["class_type"] == "WanCoreSampler")
     distilled = sampler["inputs"]["sampler"] in ("lightx2v_4step", "causvid")

@@ -166,6 +166,15 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                      "frame up to this stride (default: 1)")
     t2v.add_argument("--context-closed-loop", action="store_true", help="looped: windows also wrap from the end to "
                      "the start (a seamless loop)")
+    t2v.add_argument("--extend-to", type=int, metavar="FRAMES", help="continue the clip in latent space to FRAMES "
+                     "frames in all (4n+1; e.g. 321 = 20 s at 16 fps): segments of --extend-segment frames, each "
+                     "conditioned on the last --extend-overlap frames before it, decoded once at the end")
+    t2v.add_argument("--extend-overlap", type=int, default=16, metavar="N", help="frames each new segment carries "
+                     "from the video before it, a multiple of 4 (default: 16)")
+    t2v.add_argument("--extend-segment", type=int, metavar="N", help="frames per segment, carried ones included, "
+                     "4n+1 (default: --frames)")
+    t2v.add_argument("--extend-prompt", action="append", default=[], metavar="TEXT", help="the prompt of the next "
+                     "new segment (repeatable, in order; the last serves the rest; default: --prompt)")
     t2v.add_argument("--vram-budget", type=float, default=0.0, metavar="GB",
                      help=f"{tip('vram_budget')} The reserve is 1 GiB. (default: 0)")
     t2v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
@@ -205,7 +214,8 @@ def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
 
     dit, text_encoder, vae, clip = _load_models(args, plan)
     texts = (args.prompt, args.negative)
-    common = dict(settings=plan.settings, host=plan.host, manifest=manifest, **plan.size)
+    common = dict(settings=plan.settings, host=plan.host, manifest=manifest, **plan.size, extension=plan.extension,
+                  segment_prompts=tuple(args.extend_prompt))
     if plan.images:
         end = plan.images[1] if len(plan.images) > 1 else None
         return image_to_latent(dit, text_encoder, vae, clip, plan.images[0], *texts, end=end, **common)
@@ -316,6 +326,9 @@ def _manifest(args: argparse.Namespace, plan: _Plan) -> dict:
             "control": None if args.control is None else file_ref(args.control),
             "mask": None if args.mask is None else file_ref(args.mask),
             "references": [file_ref(p) for p in args.reference], "strength": args.vace_strength},
+        "extend": None if plan.extension is None else {
+            "frames": plan.extension.frames, "overlap": plan.extension.overlap, "segment": plan.extension.segment,
+            "prompts": list(args.extend_prompt)},
         "storage_dtype": args.storage_dtype, "compute_dtype": args.compute_dtype, "versions": versions(),
     }
 
@@ -335,6 +348,7 @@ class _Plan:
     vace: dict = field(default_factory=dict)  # a vace render's control / mask / references and strength
     models: dict = field(default_factory=dict)  # filled as they load (the VAE, for the decode)
     loras_low: tuple = ()  # an expert pair's low-noise expert's LoRAs
+    extension: object = None  # an Extension (--extend-to), or None
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -401,10 +415,25 @@ def _plan(args: argparse.Namespace) -> _Plan:
     request = (vace_request(**size, references=len(args.reference)) if args.task == "vace"
                else SampleRequest(**size))
     settings.check_for(config, request.latent_shape(config), device, placement.compute_dtype)
+    extension = _extension(args, size["frames"], request.latent_shape(config)[2])
     host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log,
                           on_progress=ProgressDisplay(sys.stderr, log))
     return _Plan(paths, size, settings, fmt, host, images, _loras(args, config, args.lora),
-                 _vace_inputs(args), loras_low=_loras(args, config, args.lora_low))
+                 _vace_inputs(args), loras_low=_loras(args, config, args.lora_low), extension=extension)
+
+
+def _extension(args: argparse.Namespace, frames: int, latent_count: int):
+    """The --extend-* settings as an :class:`~wan_core.Extension` (None without --extend-to), checked against the
+    clip's length; the other --extend-* flags alone are an error."""
+    from .extend import Extension
+
+    if args.extend_to is None:
+        if args.extend_prompt or args.extend_segment is not None:
+            raise InputError("--extend-prompt / --extend-segment continue a clip; give --extend-to FRAMES too")
+        return None
+    extension = Extension(args.extend_to, args.extend_overlap, args.extend_segment or frames)
+    extension.segments(latent_count)  # a clip already longer fails now
+    return extension
 
 
 def check_vae_for(config, vae_path: Path) -> None:

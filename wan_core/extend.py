@@ -64,7 +64,8 @@ class Extension:
                                  f"{lower + step}")
         if self.overlap < step or self.overlap % step or self.carry >= self.length:
             raise InputError(f"extension overlap must be a multiple of {step} frames, at least {step} and below "
-                             f"the segment's {self.segment - 1}, got {self.overlap}; try 16")
+                             f"the segment's {self.segment - 1}, got {self.overlap}; try "
+                             f"{max(step, min(16, step * (self.length - 2)))}")
 
     @property
     def carry(self) -> int:
@@ -152,6 +153,28 @@ def extend(model, prompts: TextEmbeds | Sequence[TextEmbeds], latent: torch.Tens
     segment (the last serves the segments after it); image / vace: the clip's conditioning (i2v / VACE models).
     Every segment is a :class:`RenderJob` with ``settings`` (seed + segment number), checked before the first
     starts. on_segment(number, count, joined): after each. Returns the joined RAW latent."""
+    jobs = check_extension(model, prompts, latent, extension, settings, host, image, vace, manifest)
+    recipe = extension_recipe(getattr(model, "config", None))
+    log.info("extending %d to %d frames: %d segments of up to %d frames carrying %d (%s)",
+             video_frames(latent.shape[2]), extension.frames, len(jobs), extension.segment, extension.overlap, recipe)
+    joined = latent.float().cpu()
+    for number, job in enumerate(jobs):
+        length = job.size.latent_shape(getattr(model, "config", None))[2]
+        job = _segment_job(model, job.embeds, job.settings, joined, length, extension.carry, recipe, image, vace,
+                           manifest)
+        segment = job.run(host)
+        joined = torch.cat([joined, segment[:, :, extension.carry:].float().cpu()], dim=2)
+        if on_segment is not None:
+            on_segment(number + 1, len(jobs), joined)
+    return joined
+
+
+def check_extension(model, prompts: TextEmbeds | Sequence[TextEmbeds], latent: torch.Tensor, extension: Extension,
+                    settings: RenderSettings, host, image: ImageEmbeds | None = None, vace: VaceEmbeds | None = None,
+                    manifest: dict | None = None) -> list[RenderJob]:
+    """Every check of :func:`extend`, run before its first segment (or, with a zero ``latent`` of the clip's shape,
+    before the clip itself is rendered): the lengths, the conditioning the model needs, and each segment's job
+    (settings, sizes, memory). Returns the segments' jobs, built on ``latent``'s last frames."""
     prompts = [prompts] if isinstance(prompts, TextEmbeds) else list(prompts)
     if not prompts:
         raise InputError("extending needs a prompt for the new segments")
@@ -164,19 +187,8 @@ def extend(model, prompts: TextEmbeds | Sequence[TextEmbeds], latent: torch.Tens
                          latent, n, extension.carry, recipe, image, vace, manifest) for i, n in enumerate(lengths)]
     device = host.compute_device()
     for job in jobs:
-        job.check(device, host)  # every segment's settings, sizes and memory, before the first step
-    log.info("extending %d to %d frames: %d segments of up to %d frames carrying %d (%s)",
-             video_frames(latent.shape[2]), extension.frames, len(jobs), extension.segment, extension.overlap, recipe)
-    joined = latent.float().cpu()
-    for number, job in enumerate(jobs):
-        tail = joined[:, :, -extension.carry:]
-        job = _segment_job(model, job.embeds, job.settings, tail, lengths[number], extension.carry, recipe, image,
-                           vace, manifest)
-        segment = job.run(host)
-        joined = torch.cat([joined, segment[:, :, extension.carry:].float().cpu()], dim=2)
-        if on_segment is not None:
-            on_segment(number + 1, len(jobs), joined)
-    return joined
+        job.check(device, host)
+    return jobs
 
 
 def _segment_job(model, embeds: TextEmbeds, settings: RenderSettings, video: torch.Tensor, length: int, carry: int,

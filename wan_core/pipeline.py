@@ -13,7 +13,9 @@ from dataclasses import replace
 
 import torch
 
+from .conditioning import ImageEmbeds, TextEmbeds
 from .errors import InputError
+from .extend import Extension, check_extension, extend
 from .host import Host, StandaloneHost, device_of
 from .i2v import check_image, image_conditioning
 from .job import RenderJob, check_room
@@ -24,7 +26,7 @@ from .runtime.memory_plan import UNLIMITED
 from .sampling.request import SampleRequest
 from .sampling.settings import RenderSettings
 from .stages import decode_latent, encode_text
-from .vace import vace_conditioning, vace_request
+from .vace import VaceEmbeds, vace_conditioning, vace_request
 
 DEFAULTS = {"t2v": {"steps": 50, "shift": 5.0}, "i2v": {"steps": 40, "shift": 3.0},
             "flf2v": {"steps": 40, "shift": 3.0}, "vace": {"steps": 50, "shift": 5.0},
@@ -34,12 +36,46 @@ DEFAULTS = {"t2v": {"steps": 50, "shift": 5.0}, "i2v": {"steps": 40, "shift": 3.
 
 def text_to_latent(dit: WanDiT, text_encoder: TextEncoder, prompt: str, negative: str | None = None, *,
                    width: int = 832, height: int = 480, frames: int = 81, settings: RenderSettings | None = None,
-                   host: Host | None = None, manifest: dict | None = None, **choices) -> torch.Tensor:
-    """Prompt -> RAW latents ``[1, 16, F', H/8, W/8]``. Everything is checked before any work."""
+                   host: Host | None = None, manifest: dict | None = None, extension: Extension | None = None,
+                   segment_prompts: tuple[str, ...] = (), **choices) -> torch.Tensor:
+    """Prompt -> RAW latents ``[1, 16, F', H/8, W/8]``. Everything is checked before any work. extension: the
+    clip continued in latent space to ``extension.frames`` (:mod:`~wan_core.extend`), its new segments with
+    ``segment_prompts`` (one per segment, the last for the rest; none: ``prompt``)."""
     request = SampleRequest(width, height, frames)
     settings, host = _prepare(dit, _task(dit, "t2v"), request, prompt, negative, settings, choices, host)
     embeds = encode_text(text_encoder, prompt, negative, host, settings.vram_budget)
-    return RenderJob(dit, embeds, settings, request, manifest=manifest).run(host)
+    prompts = _segment_embeds(text_encoder, extension, segment_prompts, negative, embeds, host, settings)
+    job = RenderJob(dit, embeds, settings, request, manifest=manifest)
+    _check_extension(dit, extension, prompts, job, host)
+    raw = job.run(host)
+    return _extended(dit, raw, extension, prompts, settings, host, manifest)
+
+
+def _segment_embeds(text_encoder: TextEncoder, extension: Extension | None, prompts: tuple[str, ...],
+                    negative: str | None, embeds: TextEmbeds, host: Host, settings: RenderSettings) -> list:
+    """The text embeddings of an extension's segments (encoded before any render starts): ``embeds`` when no
+    prompt of their own is given."""
+    if extension is None:
+        return []
+    return [encode_text(text_encoder, text, negative, host, settings.vram_budget) for text in prompts] or [embeds]
+
+
+def _check_extension(dit, extension: Extension | None, prompts: list, job: RenderJob, host: Host,
+                     image: ImageEmbeds | None = None, vace: VaceEmbeds | None = None) -> None:
+    """The extension's checks before the clip renders, on a zero latent of the clip's shape."""
+    if extension is not None:
+        shape = list(job.shape)
+        shape[2] -= job.references
+        check_extension(dit, prompts, torch.zeros(shape), extension, job.settings, host, image, vace)
+
+
+def _extended(dit, raw: torch.Tensor, extension: Extension | None, prompts: list, settings: RenderSettings,
+              host: Host, manifest: dict | None, image: ImageEmbeds | None = None,
+              vace: VaceEmbeds | None = None) -> torch.Tensor:
+    """``raw`` as it is, or continued by ``extension`` with the render's own conditioning."""
+    if extension is None:
+        return raw
+    return extend(dit, prompts, raw, extension, settings, host, image=image, vace=vace, manifest=manifest)
 
 
 def _task(dit, task: str) -> str:
@@ -57,8 +93,10 @@ def text_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: s
 def image_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, start: torch.Tensor, prompt: str,
                     negative: str | None = None, *, end: torch.Tensor | None = None, width: int = 832,
                     height: int = 480, frames: int = 81, settings: RenderSettings | None = None,
-                    host: Host | None = None, manifest: dict | None = None, **choices) -> torch.Tensor:
-    """Start image (and, for flf2v, end image) -> RAW latents ``[1, 16, F', H/8, W/8]``.
+                    host: Host | None = None, manifest: dict | None = None, extension: Extension | None = None,
+                    segment_prompts: tuple[str, ...] = (), **choices) -> torch.Tensor:
+    """Start image (and, for flf2v, end image) -> RAW latents ``[1, 16, F', H/8, W/8]``; extension /
+    segment_prompts as :func:`text_to_latent`.
 
     start / end: ComfyUI IMAGE ``[1, H, W, 3]`` in 0..1. Defaults follow the official i2v (40 steps,
     shift 3.0 at 480p; use shift 5.0 at 720p and 16 for flf2v). Model kind and conditioning are
@@ -77,9 +115,13 @@ def image_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, s
                          "(clip_vision_h.safetensors) and give it")
     clip = clip if dit.config.has_image_branch else None  # Wan2.2 i2v: the image goes in through y only
     embeds = encode_text(text_encoder, prompt, negative, host, settings.vram_budget)
+    prompts = _segment_embeds(text_encoder, extension, segment_prompts, negative, embeds, host, settings)
     with host.on_device(*(m for m in (clip, vae) if m is not None)):
         image = image_conditioning(vae, clip, start, width, height, frames, end=end)
-    return RenderJob(dit, embeds, settings, request, image=image, manifest=manifest).run(host)
+    job = RenderJob(dit, embeds, settings, request, image=image, manifest=manifest)
+    _check_extension(dit, extension, prompts, job, host, image=image)
+    raw = job.run(host)
+    return _extended(dit, raw, extension, prompts, settings, host, manifest, image=image)
 
 
 def image_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, clip, start: torch.Tensor, prompt: str,
@@ -94,8 +136,10 @@ def vace_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: 
                    *, control: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                    references: torch.Tensor | tuple = (), vace_strength: float = 1.0, width: int = 832,
                    height: int = 480, frames: int = 81, settings: RenderSettings | None = None,
-                   host: Host | None = None, manifest: dict | None = None, **choices) -> torch.Tensor:
-    """A VACE render -> RAW latents ``[1, 16, F', H/8, W/8]`` (reference frames removed).
+                   host: Host | None = None, manifest: dict | None = None, extension: Extension | None = None,
+                   segment_prompts: tuple[str, ...] = (), **choices) -> torch.Tensor:
+    """A VACE render -> RAW latents ``[1, 16, F', H/8, W/8]`` (reference frames removed); extension /
+    segment_prompts as :func:`text_to_latent`.
 
     control (IMAGE ``[N, H, W, 3]``), mask (MASK ``[N, H, W]``, 1 = generate) and references (IMAGE
     ``[R, H, W, 3]``) as :func:`~wan_core.vace.vace_conditioning` takes them; all optional.
@@ -104,10 +148,14 @@ def vace_to_latent(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: 
     request = vace_request(width, height, frames, refs)
     settings, host = _prepare(dit, "vace", request, prompt, negative, settings, choices, host)
     embeds = encode_text(text_encoder, prompt, negative, host, settings.vram_budget)
+    prompts = _segment_embeds(text_encoder, extension, segment_prompts, negative, embeds, host, settings)
     with host.cancellable() as interrupt, host.on_device(vae):
         vace = vace_conditioning(vae, width, height, frames, control, mask, references, vace_strength, interrupt)
     asked = SampleRequest(width, height, frames)  # what the user set; the conditioning adds the reference frames
-    return RenderJob(dit, embeds, settings, asked, vace=vace, manifest=manifest).run(host)
+    job = RenderJob(dit, embeds, settings, asked, vace=vace, manifest=manifest)
+    _check_extension(dit, extension, prompts, job, host, vace=vace)
+    raw = job.run(host)
+    return _extended(dit, raw, extension, prompts, settings, host, manifest, vace=vace)
 
 
 def vace_to_video(dit: WanDiT, text_encoder: TextEncoder, vae: WanVAE, prompt: str, negative: str | None = None,

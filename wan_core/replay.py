@@ -56,6 +56,11 @@ def replay_argv(video: str | os.PathLike, models: Path, out: Path | None, device
             argv += [f"--{kind.replace('_', '-')}", str(find_file(ref, models / FOLDERS[kind]))]
     for flag, ref in zip(("--image", "--end-image"), manifest.get("images", [])):
         argv += [flag, str(find_file(ref, Path.cwd()))]
+    extend = manifest.get("extend")
+    if extend:
+        argv += ["--extend-to", str(extend["frames"]), "--extend-overlap", str(extend["overlap"]),
+                 "--extend-segment", str(extend["segment"])]
+        argv += [f"--extend-prompt={text}" for text in extend.get("prompts", [])]
     vace = manifest.get("vace")
     if vace:
         argv += ["--vace-strength", str(vace["strength"])]
