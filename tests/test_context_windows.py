@@ -4,6 +4,11 @@ per window (i2v, VACE, TI2V per-frame timesteps), per-window step caches and a r
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from test_resume import _interrupt_at, _model
@@ -15,6 +20,7 @@ import wan_core
 from wan_core import ContextWindows, InputError, RenderInterrupted, SampleRequest
 
 R = lambda a, b: list(range(a, b))  # noqa: E731  [a, b)
+SCHEDULES_ALL = ("static", "uniform", "looped")
 
 
 def test_static_windows_follow_the_native_rule():
@@ -224,3 +230,64 @@ def test_memory_is_planned_for_the_window_not_the_video():
     assert call_shape(windowed, shape) == (1, 16, 21, 60, 104) == SampleRequest(832, 480, 81).latent_shape()
     assert call_shape(wan_core.RenderSettings(), shape) == shape
     assert call_shape(windowed, (1, 16, 62, 60, 104), references=1) == (1, 16, 22, 60, 104)
+
+
+NATIVE_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.context_windows as cw
+out = []
+for frames, length, overlap, schedule, fuse, stride, closed, step in json.load(sys.stdin):
+    handler = cw.IndexListContextHandler(cw.get_matching_context_schedule(schedule), cw.get_matching_fuse_method(fuse),
+                                         length, overlap, stride, closed, dim=2)
+    handler._step = step
+    try:
+        windows = [list(map(int, w)) for w in handler.context_schedule.func(frames, handler, {})]
+        weights = [[float(v) for v in cw.get_context_weights(len(w), frames, w, handler)] for w in windows]
+        out.append({"windows": windows, "weights": weights})
+    except Exception as err:
+        out.append({"error": repr(err)})
+print(json.dumps(out))
+"""
+NATIVE_NAMES = {"static": "standard_static", "uniform": "standard_uniform", "looped": "looped_uniform"}
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set: no ComfyUI checkout to "
+                    "compare the windows with")
+def test_windows_and_weights_equal_comfyuis_own_context_windows(tmp_path):
+    """Our windows and fuse weights equal ComfyUI's ``comfy.context_windows`` (run in its own Python) for the same
+    latent length, window, overlap, schedule, fuse method, stride, closed loop and step, wherever its windows are
+    usable (distinct frames inside the clip, every frame covered: with stride 2 it can make others, which we
+    replace)."""
+    cases, ours = [], []
+    for frames_px, overlaps in ((17, (0, 9)), (33, (9, 17)), (81, (17, 30))):
+        for schedule in SCHEDULES_ALL:
+            for fuse in ("pyramid", "overlap-linear", "flat"):
+                for overlap_px in overlaps:
+                    for stride, closed in ((1, False), (2, False), (1, True)):
+                        w = ContextWindows(frames_px, overlap_px, schedule, fuse, stride, closed)
+                        for clip in (5, 16, 21, 25, 37, 61):
+                            for step in (0, 1, 2, 3, 5):
+                                cases.append([clip, w.length, w.latent_overlap, NATIVE_NAMES[schedule], fuse, stride,
+                                              closed, step])
+                                ours.append((w, clip, step))
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    run = subprocess.run([python, "-c", NATIVE_PROBE, os.environ["COMFYUI_PATH"]], input=json.dumps(cases),
+                         capture_output=True, text=True, timeout=600, check=True)
+    native = json.loads(run.stdout.strip().splitlines()[-1])
+    compared = 0
+    for (w, clip, step), theirs in zip(ours, native, strict=True):
+        windows = theirs.get("windows")
+        usable = windows is not None and all(len(set(x)) == len(x) and 0 <= min(x) and max(x) < clip
+                                             for x in windows) and {i for x in windows for i in x} == set(range(clip))
+        if not usable:
+            continue
+        assert w.windows(clip, step) == windows, (w, clip, step)
+        for window, weights in zip(windows, theirs["weights"]):
+            assert torch.allclose(w.weights(window, clip), torch.tensor(weights), rtol=1e-6, atol=1e-37), (w, clip)
+        compared += 1
+    print(f"compared {compared} of {len(cases)} settings with ComfyUI")
+    assert compared > 0.9 * len(cases), (compared, len(cases))
