@@ -8,7 +8,7 @@ import argparse
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed", "lora",
-                                                 "gguf", "vace", "memory", "fp8", "experts", "gpu"],
+                                                 "gguf", "vace", "memory", "fp8", "experts", "long", "gpu"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -76,6 +76,10 @@ def main(argv=None) -> None:
         from . import experts
 
         experts.main()
+    elif args.what == "long":
+        from . import long
+
+        long.main()
     elif args.what == "fp8":
         from . import fp8
 
