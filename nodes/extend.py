@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ..wan_core import SAMPLERS, Extension, RenderSettings, extend, manifest_versions
+from ..wan_core import Extension, RenderSettings, extend, manifest_versions
 from ..wan_core import setting_help as tip
 from . import host
+from .sampler import sampling_inputs
 
 
 class WanCoreExtend:
@@ -31,12 +32,7 @@ class WanCoreExtend:
                                 "keeps motion steadier, fewer adds more per segment."}),
             "segment_frames": ("INT", {"default": 81, "min": 9, "max": 1025, "step": 4, "tooltip": "Frames per "
                                        "segment, carried ones included, 4n+1 (81: the models' own length)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
-                             "tooltip": tip("seed") + " Segment n draws seed + n."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": tip("steps")}),
-            "cfg": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "tooltip": tip("cfg")}),
-            "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 30.0, "step": 0.1, "tooltip": tip("shift")}),
-            "sampler": (list(SAMPLERS), {"default": "unipc", "tooltip": tip("sampler")}),
+            **sampling_inputs(" Segment n draws seed + n."),
         }, "optional": {
             "image_embeds": ("WANCORE_IMAGE_EMBEDS", {"tooltip": "i2v models: the image conditioning the clip was "
                              "rendered with (its CLIP features and blank-frame latents are reused)."}),

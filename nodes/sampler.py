@@ -24,6 +24,18 @@ _FROM_CONDITIONING = ("Greyed out and not used while image_embeds, vace or laten
                       "there renders.")
 
 
+def sampling_inputs(seed_note: str = "") -> dict:
+    """The sampling widgets (seed, steps, cfg, shift, sampler) of the nodes that render, in this order."""
+    return {
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
+                         "tooltip": tip("seed") + seed_note}),
+        "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": tip("steps")}),
+        "cfg": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "tooltip": tip("cfg")}),
+        "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 30.0, "step": 0.1, "tooltip": tip("shift")}),
+        "sampler": (list(SAMPLERS), {"default": "unipc", "tooltip": tip("sampler")}),
+    }
+
+
 class WanCoreSampler:
     DESCRIPTION = ("Denoises a Wan2.1 video latent from seeded noise (text-to-video), or part-way from a LATENT "
                    "(video-to-video, denoise < 1). The same seed gives the same video on any device. Outputs raw "
@@ -45,12 +57,7 @@ class WanCoreSampler:
                                "tooltip": "Pixels, a multiple of 16. " + _FROM_CONDITIONING}),
             "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames (81 = 5 s "
                                "at 16 fps). Time and memory grow with it. " + _FROM_CONDITIONING}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
-                             "tooltip": tip("seed")}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": tip("steps")}),
-            "cfg": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 20.0, "step": 0.1, "tooltip": tip("cfg")}),
-            "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 30.0, "step": 0.1, "tooltip": tip("shift")}),
-            "sampler": (list(SAMPLERS), {"default": "unipc", "tooltip": tip("sampler")}),
+            **sampling_inputs(),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": tip("denoise")}),
         }, "optional": {
             "latent": ("LATENT", {"tooltip": "Start latent for video-to-video; its size is rendered (this node's "

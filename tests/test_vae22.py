@@ -119,3 +119,68 @@ def test_load_vae_reads_the_diffusers_wan22_layout(tmp_path):
     loaded = wan_core.load_vae(tmp_path / "d.safetensors")
     assert isinstance(loaded, WanVAE22) and loaded.config == TINY
     assert all(torch.equal(v, ours.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+COMFY_VAE22 = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+from safetensors.torch import load_file, save_file
+import comfy.latent_formats
+from comfy.ldm.wan.vae2_2 import WanVAE
+config, folder = json.loads(sys.stdin.read())
+vae = WanVAE(dim=config["base_dim"], dec_dim=config["decoder_dim"], z_dim=config["z_dim"],
+             dim_mult=config["dim_mult"], num_res_blocks=config["num_res_blocks"], attn_scales=[],
+             temperal_downsample=config["temporal_downsample"]).eval()
+vae.load_state_dict(load_file(folder + "/weights.safetensors"), strict=True)
+inputs = load_file(folder + "/inputs.safetensors")
+fmt = comfy.latent_formats.Wan22()
+with torch.no_grad():
+    save_file({"latent": vae.encode(inputs["video"]).contiguous(), "video": vae.decode(inputs["latent"]).contiguous(),
+               "mean": fmt.latents_mean.flatten().contiguous(), "std": fmt.latents_std.flatten().contiguous(),
+               "normalized": fmt.process_in(inputs["latent"]).contiguous()}, folder + "/outputs.safetensors")
+"""
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set: no ComfyUI "
+                    "checkout to exchange Wan2.2 latents with")
+def test_latents_interoperate_with_comfyuis_native_wan22_vae(tmp_path):
+    """A LATENT is raw VAE latents in both: ComfyUI's own Wan2.2 VAE (``comfy.ldm.wan.vae2_2``, run in its Python)
+    with our weights encodes a video to our latent and decodes our latent to our video, and its Wan22 latent format
+    normalizes a latent exactly as our sampler does."""
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from wan_core.latents import normalize_latents
+    from wan_core.models.vae22 import WAN22_LATENT_CHANNELS
+
+    config = dataclasses.replace(TINY, z_dim=WAN22_LATENT_CHANNELS)
+    ours = WanVAE22(config).eval()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.1 * noise if name.endswith("gamma") else noise / (p[0].numel() if p.dim() > 1 else 1) ** 0.5)
+    video = torch.rand(1, 3, 5, 32, 32, generator=gen) * 2 - 1
+    latent = torch.randn(1, WAN22_LATENT_CHANNELS, 2, 2, 2, generator=gen)
+    save_file({k: v.contiguous() for k, v in ours.state_dict().items()}, tmp_path / "weights.safetensors")
+    save_file({"video": video, "latent": latent}, tmp_path / "inputs.safetensors")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    spec = {**dataclasses.asdict(config), "dim_mult": list(config.dim_mult),
+            "temporal_downsample": list(config.temporal_downsample)}
+    subprocess.run([python, "-c", COMFY_VAE22, os.environ["COMFYUI_PATH"]], input=json.dumps([spec, str(tmp_path)]),
+                   text=True, capture_output=True, timeout=600, check=True)
+    theirs = load_file(tmp_path / "outputs.safetensors")
+    with torch.no_grad():
+        assert _rel(ours.encode(video), theirs["latent"]) < TOL
+        # ComfyUI's VAE wrapper clamps the decoded pixels to [-1, 1] afterwards (its 0..1 IMAGE); ours in the decode
+        assert _rel(ours.decode(latent), theirs["video"].clamp(-1, 1)) < TOL
+    assert torch.allclose(normalize_latents(latent), theirs["normalized"], rtol=1e-6, atol=1e-6)
