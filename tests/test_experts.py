@@ -317,3 +317,34 @@ def test_released_mapped_weights_leave_resident_memory_and_read_back_unchanged(t
     assert torch.equal(module.w0[1:], values["w0"][1:])
     assert all(torch.equal(getattr(module, name), values[name]) for name in values if name != "w0")
     assert release_file_pages(torch.nn.Linear(256, 256)) == 0
+
+
+def test_a_pair_killed_in_the_low_noise_stretch_resumes_without_the_high_noise_one(experts, tmp_path, monkeypatch):
+    """The high-noise stretch keeps its state at the hand-over: a render killed after step 7 of 8 (in the low-noise
+    stretch, which starts at step 7 at shift 12) and run again computes only the low-noise expert's last step,
+    equals the uninterrupted render bit for bit, and leaves no resume file behind."""
+    from test_resume import _interrupt_at
+
+    _, (high, low) = experts
+    calls = []
+    for name, model in (("high", high), ("low", low)):
+        forward = model.forward
+        monkeypatch.setattr(model, "forward", lambda *a, _f=forward, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    context, negative = _prompts()
+    settings = wan_core.RenderSettings(steps=STEPS, shift=SHIFT, seed=SEED)
+    pair = ExpertPair(high, low, BOUNDARY, CFG_HIGH, CFG_LOW)
+
+    def run(folder, interrupt=None):
+        job = wan_core.RenderJob(pair, wan_core.TextEmbeds(context, negative), settings, REQUEST)
+        return job.run(wan_core.StandaloneHost("cpu", resume_folder=folder, interrupt=interrupt))
+
+    whole = run(tmp_path / "a")
+    switch = calls.count("high")
+    assert switch == 6 and not list((tmp_path / "a").iterdir())  # CFG batched: one call a step
+    calls.clear()
+    with pytest.raises(wan_core.RenderInterrupted, match="after step 7 of 8"):
+        run(tmp_path / "b", _interrupt_at(6))  # asked once a step, not at the hand-over (step 6)
+    assert len(list((tmp_path / "b").iterdir())) == 2  # the hand-over state and the low-noise stretch's step 7
+    calls.clear()
+    assert torch.equal(run(tmp_path / "b"), whole)
+    assert calls == ["low"] and not list((tmp_path / "b").iterdir())

@@ -158,7 +158,7 @@ class RenderJob:
         if note is not None:
             host.report(note)
         settings, progress, folder = self.settings, host.progress(self.settings.steps), host.resume_folder()
-        resume = ResumeStore(folder) if settings.resume == "auto" and folder is not None else None
+        resume = _PhaseFiles(folder) if settings.resume == "auto" and folder is not None else None
         phases, state = self.phases(), self.start_state
         for index, (model, first, end, cfg) in enumerate(phases):
             if index:  # the first expert leaves the device, then the pages of its mapped files the RAM
@@ -169,10 +169,12 @@ class RenderJob:
             stop = (settings.stop_after or None) if last else end
             args = dict(settings.sample_args(), cfg=cfg, start_step=first, start_state=state, stop_after=stop,
                         windows=settings.context, reference_frames=self.references,
-                        on_stop=on_stop if last else kept.append, keep_resume=last, resume=resume,
+                        on_stop=on_stop if last else kept.append, keep_resume=True, resume=resume,
                         manifest=self.manifest, callback=lambda i, _n, x0: progress(i + 1, x0))
             raw = self._sample(host, device, model, args)
             state = kept[0] if kept else None
+        if resume is not None and not (settings.stop_after and settings.stop_after < settings.steps):
+            resume.remove_handed_over()  # the whole render is done: the first stretch's saved end goes too
         return self.vace.trim(raw) if self.vace is not None else raw
 
     def _sample(self, host: Host, device: torch.device, model, args: dict) -> torch.Tensor:
@@ -232,6 +234,25 @@ def check_cache_for(model, cache) -> None:
 def _pixels(lat_w: int, lat_h: int, latent_count: int) -> SampleRequest:
     """The request whose latent is ``latent_count`` frames of ``lat_h x lat_w`` cells."""
     return SampleRequest(width=lat_w * VAE_STRIDE[2], height=lat_h * VAE_STRIDE[1], frames=video_frames(latent_count))
+
+
+class _PhaseFiles(ResumeStore):
+    """The resume store of one render, remembering each stretch's file: a stretch that hands over to the next
+    expert keeps its file (its state at the hand-over), so after a kill in the second stretch the first is not
+    computed again; those files go when the whole render has finished."""
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        self.handed: list = []
+
+    def file_for(self, identity: str):
+        file = super().file_for(identity)
+        self.handed.append(file)
+        return file
+
+    def remove_handed_over(self) -> None:
+        for file in self.handed[:-1]:
+            file.remove()
 
 
 def _describe(size: SampleRequest) -> str:
