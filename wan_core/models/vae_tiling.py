@@ -22,6 +22,11 @@ from .vae import WanVAE, check_latents, check_video
 log = logging.getLogger(__name__)
 
 DECODE_ACTIVATION_FACTOR = 12
+WAN22_DECODE_WIDTH = 0.42
+"""The Wan2.2 decoder's width per output pixel in the units above, as a share of its base width: its last levels run
+2x2-patchified (a quarter of the pixels, at full width) and its residual shortcuts repeat channels, so it holds
+0.40 x 256 per pixel where the Wan2.1 decoder holds its base width; the live tensors of real-config decodes
+(352x640 to 1280x704) put it at 0.40, rounded up."""
 """Live full-resolution activations during a decode chunk, in units of (base width x 4 frames x
 pixels): input, padded copy, conv output, norm and activation temporaries and the residual. An
 estimate checked against measured peaks by ``python -m wan_core.bench vae``."""
@@ -128,8 +133,7 @@ def decode_bytes(vae: WanVAE, tile_h: int, tile_w: int, dtype: torch.dtype = tor
     """Estimated peak activation bytes of decoding a ``tile_h`` x ``tile_w`` latent tile (chunk 1)."""
     stride = vae.stride
     pixels = tile_h * stride[1] * tile_w * stride[2]
-    # the Wan2.2 decoder's last level runs 2x2-patchified: its width over 4 per output pixel (not measured yet)
-    width = vae.config.decoder_dim // 4 if hasattr(vae.config, "decoder_dim") else vae.config.base_dim
+    width = vae.config.decoder_dim * WAN22_DECODE_WIDTH if hasattr(vae.config, "decoder_dim") else vae.config.base_dim
     return DECODE_ACTIVATION_FACTOR * width * stride[0] * pixels * dtype.itemsize
 
 
