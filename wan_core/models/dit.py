@@ -54,6 +54,7 @@ class BlockInputs:
     hints: dict[int, torch.Tensor] | None = None  # VACE: {block index: [B, L, C] fp32 added after that block}
     ffn_chunks: int = 1  # feed-forward over the tokens in this many chunks (a memory plan's choice)
     frames: int | None = None  # timesteps per latent frame (Wan2.2 TI2V): e6 is [B, frames, 6, C]; None: [B, 6, C]
+    self_attend: AttentionFn | None = None  # self-attention's kernel when it is not ``attend`` (sequence parallel)
 
     def select(self, part: slice) -> BlockInputs:
         """These inputs for the batch items ``part`` (the rotation is shared by all items)."""
@@ -61,7 +62,7 @@ class BlockInputs:
         image = None if self.image is None else self.image[part]
         hints = None if self.hints is None else {i: h[part] for i, h in self.hints.items()}
         return BlockInputs(self.e6[part], self.rotation, self.text[part], image, self.attend, kv, hints,
-                           self.ffn_chunks, self.frames)
+                           self.ffn_chunks, self.frames, self.self_attend)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class DiTBlock(nn.Module):
         # compute-dtype results added to the fp32 stream by type promotion: the same bits as whole-tensor fp32
         # copies, without holding them (at 720p each is 1.44 GiB)
         h = modulate(self.norm1, x, shift1, scale1, dtype, frames)
-        x = gated_add(x, self.self_attn(h, inputs.rotation, inputs.attend), gate1, frames)
+        x = gated_add(x, self.self_attn(h, inputs.rotation, inputs.self_attend or inputs.attend), gate1, frames)
         kv = kv if kv is not None else self.cross_attn.keys_values(inputs.text, inputs.image)
         x = x + self.cross_attn(by_rows(self.norm3, x, dtype), kv, inputs.attend)
         h = modulate(self.norm2, x, shift2, scale2, dtype, frames)

@@ -1,0 +1,87 @@
+"""Sequence parallelism (Ulysses) on 2 CPU processes over gloo: the tiny t2v / i2v / VACE / TI2V DiTs' forward with
+the tokens split across ranks (an odd token count included) equals the single-process forward, on every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_ti2v_dit import TI2V
+from test_vace_dit import VACE
+from tiny import I2V, T2V, inputs, random_official_state
+
+import wan_core
+from wan_core.parallel import SequenceParallelRunner, check_degree, shard_bounds
+
+CONFIGS = {"t2v": T2V, "i2v": I2V, "vace": VACE, "ti2v": TI2V}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _forward_case(kind: str, h: int, w: int):
+    """The tiny model of ``kind`` and its inputs (the same on every rank: seeded)."""
+    cfg = CONFIGS[kind]
+    model = wan_core.WanDiT(cfg)
+    model.load_state_dict(random_official_state(cfg, seed=3))
+    model.eval()
+    x, t, context, clip_fea, y = inputs(cfg, frames=3, h=h, w=w, seed=4)
+    kwargs = {"clip_fea": clip_fea, "y": y}
+    if kind == "vace":
+        kwargs["vace_context"] = torch.randn(1, cfg.vace_in_dim, 3, h, w, generator=torch.Generator().manual_seed(5))
+    if kind == "ti2v":
+        x = torch.randn(1, cfg.in_dim, 3, h, w, generator=torch.Generator().manual_seed(6))
+        t = torch.tensor([[0.0, 600.0, 600.0]])  # the image's frame at timestep 0
+    return model, x, t, context, kwargs
+
+
+def _worker(rank: int, world: int, port: int, kinds: list[str], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_grad_enabled(False)
+    errors = {}
+    try:
+        for kind in kinds:
+            for h, w in ((8, 10), (6, 10)):  # 60 and 45 tokens (odd: shards of 23 and 22)
+                model, x, t, context, kwargs = _forward_case(kind, h, w)
+                whole = model(x, t, context, **kwargs)
+                render = wan_core.RenderContext(runner=SequenceParallelRunner(wan_core.ResidentRunner()))
+                split = model(x, t, context, render=render, **kwargs)
+                errors[f"{kind} {h}x{w}"] = ((split - whole).abs().max() / whole.abs().max()).item()
+    finally:
+        dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(errors, f)
+
+
+def test_ulysses_forward_on_two_ranks_equals_the_single_process_forward(tmp_path):
+    kinds = list(CONFIGS)
+    mp.spawn(_worker, args=(2, _free_port(), kinds, str(tmp_path / "errors")), nprocs=2)
+    for rank in range(2):
+        errors = json.loads((tmp_path / f"errors.{rank}").read_text())
+        assert len(errors) == 2 * len(kinds)
+        assert all(e <= 1e-5 for e in errors.values()), (rank, errors)
+
+
+def test_shards_are_contiguous_and_differ_by_at_most_one_token():
+    assert shard_bounds(45, 2) == [(0, 23), (23, 45)]
+    assert shard_bounds(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert shard_bounds(3, 4) == [(0, 1), (1, 2), (2, 3), (3, 3)]
+
+
+def test_a_degree_that_does_not_divide_the_heads_names_the_valid_ones():
+    with pytest.raises(wan_core.InputError, match="degree of 8 does not divide the 12 attention heads .* 1, 2, 3, 4, "
+                                                  "6, 12"):
+        check_degree(12, 8)
+    with pytest.raises(wan_core.InputError, match="degree of 16 does not divide the 40 attention heads"):
+        check_degree(40, 16)
+    check_degree(40, 8)
+    check_degree(24, 4)
