@@ -85,3 +85,53 @@ def test_a_degree_that_does_not_divide_the_heads_names_the_valid_ones():
         check_degree(40, 16)
     check_degree(40, 8)
     check_degree(24, 4)
+
+
+def _official_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """The official Wan2.2 Ulysses forward (``sp_dit_forward`` / ``sp_attn_forward`` bound as the official
+    generate script binds them, its flash attention replaced by an exact fp32 SDPA with the same key-length mask,
+    attention kept in fp32) and ours on the same 2 ranks, the same weights and inputs."""
+    import functools
+    import types
+
+    from safetensors.torch import save_file
+    from test_wan22_dit import _official
+    from wan_reference import wan_module
+
+    from benchmarks.references import sdpa_flash_attention
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_grad_enabled(False)
+    sp = wan_module("distributed.sequence_parallel")
+    wan_module("distributed.ulysses").flash_attention = sdpa_flash_attention
+    errors = {}
+    try:
+        for h, w in ((8, 10), (6, 10)):
+            ref = _official(T2V, seed=7)
+            path = f"{folder}/t2v.{rank}.safetensors"
+            save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+            ours = wan_core.load_dit(path)
+            ref.forward = types.MethodType(sp.sp_dit_forward, ref)
+            for block in ref.blocks:
+                block.self_attn.forward = types.MethodType(functools.partial(sp.sp_attn_forward,
+                                                                             dtype=torch.float32), block.self_attn)
+            x, t, context, _, _ = inputs(T2V, frames=3, h=h, w=w, seed=8)
+            tokens = 3 * (h // 2) * (w // 2)
+            seq_len = -(-tokens // world) * world  # the official pads to a multiple of the degree
+            expected = ref([x[0]], t=t[:1], context=[context[0]], seq_len=seq_len)[0]
+            render = wan_core.RenderContext(runner=SequenceParallelRunner(wan_core.ResidentRunner()))
+            got = ours(x[:1], t[:1], context[:1], render=render)[0]
+            errors[f"{h}x{w}"] = ((got - expected).abs().max() / expected.abs().max()).item()
+    finally:
+        dist.destroy_process_group()
+    with open(f"{folder}/official.{rank}", "w") as f:
+        json.dump(errors, f)
+
+
+def test_ulysses_forward_equals_the_official_wan22_sequence_parallel_code(tmp_path):
+    """45 and 60 tokens on 2 gloo ranks (the official pads 45 to 46 and masks the pad out of the keys)."""
+    mp.spawn(_official_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        errors = json.loads((tmp_path / f"official.{rank}").read_text())
+        assert len(errors) == 2 and all(e <= 1e-5 for e in errors.values()), (rank, errors)
