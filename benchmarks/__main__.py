@@ -12,7 +12,8 @@ def main(argv=None) -> None:
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
-                        help="vae: 9 frames at 256x256 (small), 5 at 832x480 (mid), 17 at 832x480 (full: slow)")
+                        help="vae: 9 frames at 256x256 (small), 5 at 832x480 (mid), 17 at 832x480 (full: slow); "
+                        "experts full: the measured pair at real size (two 14B fp8 files, 27 GiB in --out)")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable)")
     parser.add_argument("--layers", type=int, default=6, help="text: encoder layers of the 24 (memory bound)")
     parser.add_argument("--device", help="speed: render the real 1.3B config on this device (cuda) instead of the "
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
     elif args.what == "experts":
         from . import experts
 
-        experts.main()
+        experts.real_size_main(args.out) if args.size == "full" else experts.main()
     elif args.what == "long":
         from . import long
 

@@ -69,6 +69,35 @@ def write_weights(path: Path, name: str = "t2v-1.3B", dtype: torch.dtype = torch
     save_file({k: (torch.randn(s, generator=gen) * 0.02).to(dtype) for k, s in shapes.items()}, path)
 
 
+SAFETENSORS_DTYPES = {torch.float8_e4m3fn: "F8_E4M3", torch.bfloat16: "BF16", torch.float16: "F16",
+                      torch.float32: "F32"}
+
+
+def write_weights_streamed(path: Path, name: str, dtype: torch.dtype, seed: int = 0) -> None:
+    """As :func:`write_weights`, for files larger than RAM: the safetensors header first, then each tensor's bytes
+    as it is drawn (one tensor in memory at a time)."""
+    import json
+
+    import wan_core
+    from wan_core.models.config import PRESETS
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in wan_core.WanDiT(PRESETS[name]).state_dict().items()}
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = torch.Size(shape).numel() * dtype.itemsize
+        header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    gen = torch.Generator().manual_seed(seed)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little") + blob)
+        for shape in shapes.values():
+            f.write((torch.randn(shape, generator=gen) * 0.02).to(dtype).view(torch.uint8).numpy().tobytes())
+
+
 def worker(path: str, device: str, budget_gib: str) -> dict:
     """One CFG step (steps=1, cfg 5) of the model at ``path`` within ``budget_gib`` (0: no limit)."""
     import wan_core

@@ -135,3 +135,55 @@ def test_ulysses_forward_equals_the_official_wan22_sequence_parallel_code(tmp_pa
     for rank in range(2):
         errors = json.loads((tmp_path / f"official.{rank}").read_text())
         assert len(errors) == 2 and all(e <= 1e-5 for e in errors.values()), (rank, errors)
+
+
+@pytest.mark.parametrize("parallel", ["ulysses=2", "cfg=2", "ulysses=2,cfg=2"])
+def test_a_torchrun_cli_render_writes_the_single_process_video(tmp_path, parallel):
+    """``torchrun --nproc-per-node N -m wan_core t2v --demo ... --parallel ...`` on CPU (gloo): rank 0 writes the
+    video, whose latent equals the single-process render's within 1e-5; the other ranks write nothing."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from wan_core.parallel import ParallelSettings
+
+    args = ["t2v", "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--steps", "2", "--frames",
+            "5", "--width", "64", "--height", "48", "--keep-latent"]
+    single = subprocess.run([sys.executable, "-m", "wan_core", *args, "--out", str(tmp_path / "one.mp4")],
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    n = ParallelSettings.parse(parallel).degree
+    split = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n),
+                            "--master-port", str(_free_port()), "-m", "wan_core", *args, "--out",
+                            str(tmp_path / "split.mp4"), "--parallel", parallel],
+                           capture_output=True, text=True, timeout=600)
+    assert split.returncode == 0, split.stderr[-3000:]
+    one, many = (load_file(tmp_path / f"{name}.latent.safetensors")["latent"] for name in ("one", "split"))
+    assert ((many - one).abs().max() / one.abs().max()).item() <= 1e-5
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["one.mp4", "split.mp4"]
+
+
+def test_bad_parallel_settings_fail_before_the_render(tmp_path, capsys):
+    from wan_core.cli import main
+
+    base = ["t2v", "--demo", "--models", str(tmp_path / "m"), "--prompt", "x", "--out", str(tmp_path / "o.mp4")]
+    assert main([*base, "--parallel", "ulysses=2"]) == 2  # one process, two asked for
+    assert "needs 2 processes, this run has 1: launch with torchrun --nproc-per-node 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--parallel", "rings=2"])
+    assert "--parallel takes ulysses=N,cfg=1|2" in capsys.readouterr().err
+    with pytest.raises(wan_core.InputError, match="step cache decides per process"):
+        wan_core.RenderSettings(parallel=wan_core.parallel.ParallelSettings(2), cache=wan_core.StepCacheSettings("mag"))
+
+
+def test_parallel_settings_survive_the_manifest_and_the_command_line():
+    from wan_core.cli import _parser
+    from wan_core.parallel import ParallelSettings
+
+    settings = wan_core.RenderSettings(parallel=ParallelSettings(4, 2))
+    assert wan_core.RenderSettings.from_manifest(json.loads(json.dumps(settings.to_manifest()))) == settings
+    argv = settings.to_argv()
+    assert argv[argv.index("--parallel") + 1] == "ulysses=4,cfg=2"
+    parsed = _parser().parse_args(["t2v", "--prompt", "x", "--out", "o.mp4", *argv])
+    assert wan_core.RenderSettings.from_args(parsed) == settings

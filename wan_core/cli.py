@@ -175,6 +175,8 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                      "4n+1 (default: --frames)")
     t2v.add_argument("--extend-prompt", action="append", default=[], metavar="TEXT", help="the prompt of the next "
                      "new segment (repeatable, in order; the last serves the rest; default: --prompt)")
+    t2v.add_argument("--parallel", type=_parallel_settings, metavar="ulysses=N,cfg=1|2",
+                     help=f"{tip('parallel')} (default: one process)")
     t2v.add_argument("--vram-budget", type=float, default=0.0, metavar="GB",
                      help=f"{tip('vram_budget')} The reserve is 1 GiB. (default: 0)")
     t2v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
@@ -186,6 +188,26 @@ def _add_common(t2v: argparse.ArgumentParser, task: str) -> None:
                      help="dtype of the matrix products (default: fp32 on CPU, bf16 on CUDA, fp16 for CLIP); fp8: "
                           "the diffusion model's blocks multiply fp8 weights in fp8 on GPUs with fp8 tensor cores "
                           "(RTX 40xx, L4, L40, H100; its weights are stored in fp8), bf16 around them")
+
+
+def _demo_files_once(folder: Path) -> None:
+    import torch.distributed as dist
+
+    from .demo import write_demo_models
+    from .parallel.launch import rank
+
+    if rank() == 0:
+        write_demo_models(folder)
+    dist.barrier()
+
+
+def _parallel_settings(text: str):
+    from .parallel import ParallelSettings
+
+    try:
+        return ParallelSettings.parse(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _format_for(path: Path) -> str:
@@ -201,10 +223,21 @@ def run(argv: list[str] | None = None) -> Path:
         from .replay import replay_argv
 
         return run(replay_argv(args.video, args.models, args.out, args.device))
-    plan = _plan(args)
-    manifest = _manifest(args, plan)
-    raw = _render_latent(args, plan, manifest)
-    return _decode_and_write(args, plan, manifest, raw)
+    from .parallel.launch import join_process_group, leave_process_group, rank
+
+    joined = join_process_group(args.parallel, args.device)
+    try:
+        if joined and args.demo:  # rank 0 writes the demo files, the others find them written
+            _demo_files_once(args.models / "demo")
+        plan = _plan(args)
+        manifest = _manifest(args, plan)
+        raw = _render_latent(args, plan, manifest)
+        if rank():  # every rank holds the same latent; rank 0 decodes and writes
+            return args.out
+        return _decode_and_write(args, plan, manifest, raw)
+    finally:
+        if joined:
+            leave_process_group()
 
 
 def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):

@@ -21,6 +21,7 @@ from .conditioning import ImageEmbeds, TextEmbeds
 from .constants import VAE_STRIDE, video_frames
 from .errors import InputError
 from .host import Host
+from .parallel import SequenceParallelRunner, parallel_groups
 from .runtime.context import RenderContext
 from .runtime.file_pages import release_file_pages
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
@@ -135,6 +136,8 @@ class RenderJob:
         """The memory plan of ``model`` (default: the job's; an expert of a pair) guided at ``cfg`` for ``budget``
         bytes (None: the planner's default); a step cache keeps CFG batched."""
         guided = cfg_branches(self.embeds.negative, self.settings.cfg if cfg is None else cfg) == 2
+        parallel = self.settings.parallel
+        guided = guided and (parallel is None or parallel.cfg == 1)  # cfg-parallel: one branch on each rank
         return plan_for(model or self.model, self.call_shape, guided, device, budget,
                         allow_sequential=self.settings.cache is None)
 
@@ -215,8 +218,14 @@ class RenderJob:
         if refused:
             log.warning("compile is off for this render, which runs eagerly: %s", refused)
         compiled = settings.compile and not refused
-        return RenderContext(device=device, attention=settings.attention, plan=plan, replan=replan,
-                             runner=CompiledRunner(runner) if compiled else runner)
+        runner = CompiledRunner(runner) if compiled else runner
+        groups = None
+        if settings.parallel is not None:  # a render over several processes (torchrun): this rank's share
+            groups = parallel_groups(settings.parallel)
+            if settings.parallel.ulysses > 1:
+                runner = SequenceParallelRunner(runner, groups.sequence)
+        return RenderContext(device=device, attention=settings.attention, plan=plan, replan=replan, runner=runner,
+                             parallel=groups)
 
 
 def check_cache_for(model, cache) -> None:

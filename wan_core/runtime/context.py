@@ -42,6 +42,7 @@ class RenderContext:
     plan: MemoryPlan | None = None  # streamed blocks, CFG one branch at a time, feed-forward chunks (memory_plan)
     replan: Callable[[int], MemoryPlan] | None = None  # budget (bytes) -> plan: remakes it after running out of memory
     fp8_matmul: bool | None = None  # fp8 layers multiply in fp8 (fp8_matmul.render_scaling); None: as the model asks
+    parallel: object | None = None  # a ParallelGroups: this rank's share of a render over several processes
     _views: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(model) -> patched view
     _reused: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # key -> (sources, value)
     _shrunk: bool = field(default=False, init=False, repr=False, compare=False)  # the plan was remade (OOM)

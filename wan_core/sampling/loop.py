@@ -17,6 +17,7 @@ import torch
 from ..constants import LATENT_CHANNELS, VAE_STRIDE, WAN22_VAE_STRIDE, video_frames
 from ..errors import CheckpointError, InputError, RenderError, RenderInterrupted, WanCoreError
 from ..latents import denormalize_latents, normalize_latents
+from ..parallel.groups import cfg_parallel_denoiser
 from ..runtime.context import RenderContext
 from ..runtime.file_pages import release_file_pages
 from ..runtime.finite import check_finite, is_finite, nonfinite_parameters
@@ -275,6 +276,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         if isinstance(resume, ResumeStore):
             resume = resume.file_for(identity)
         state = resume.load(identity, schedule.steps, shape)
+        if render.parallel is not None:  # every rank has read the (shared) file before any rank writes to it
+            render.parallel.barrier()
         if state is not None:
             log.info("resuming from step %d of %d (%s)", state.step, schedule.steps, resume.path)
             runner_state = {k[len(RUNNER):]: v for k, v in state.history.items() if k.startswith(RUNNER)}
@@ -305,6 +308,8 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
         x = project(x, schedule.sigmas[0])
 
     def denoiser() -> Denoise:  # CFG batched or one branch at a time, as the render's (current) plan says
+        if render.parallel is not None and render.parallel.settings.cfg == 2 and cfg_branches(negative, cfg) == 2:
+            return cfg_parallel_denoiser(call, context, negative, cfg, render.parallel, **moved)
         sequential = render.plan is not None and render.plan.cfg_sequential
         return cfg_denoiser(call, context, negative, cfg, sequential, **moved)
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from ..errors import InputError
+from ..parallel.groups import ParallelSettings
 from ..runtime.attention import DEFAULT_ATTENTION, attention_backends
 from ..runtime.cache_settings import StepCacheSettings
 from .loop import check_render, check_sampler
@@ -82,7 +83,9 @@ class RenderSettings:
                                               "denoises overlapping windows of this many frames (81: the models' "
                                               "own length) and blends them, so memory grows with the window, not "
                                               "with the video.", CONTEXT)
-    parallel: None = _setting(None, None, "Sequence- / CFG-parallel degrees over several GPUs; not in this version.")
+    parallel: ParallelSettings | None = _setting(None, "--parallel", "Several processes (GPUs) for one render, "
+                                                 "launched by torchrun: ulysses=N ranks share the video tokens, cfg=2 "
+                                                 "splits the two CFG branches (N x 2 processes), e.g. ulysses=4,cfg=2.")
 
     def __post_init__(self) -> None:
         check_settings(self.seed, self.steps, self.cfg, self.shift, self.denoise)
@@ -105,7 +108,12 @@ class RenderSettings:
             raise InputError(f"resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
         if self.context is not None and not isinstance(self.context, ContextWindows):
             raise InputError(f"context must be context-window settings (or none), got {type(self.context).__name__}")
-        for slot in ("experts", "parallel"):
+        if self.parallel is not None and not isinstance(self.parallel, ParallelSettings):
+            raise InputError(f"parallel must be parallel settings (or none), got {type(self.parallel).__name__}")
+        if self.parallel is not None and self.cache is not None:
+            raise InputError("a step cache decides per process, which a render split over several processes cannot "
+                             "keep in step yet: leave the cache off with --parallel")
+        for slot in ("experts",):
             if getattr(self, slot) is not None:
                 raise InputError(f"{slot} settings are not supported by this version of wan_core; leave them unset")
 
@@ -122,6 +130,8 @@ class RenderSettings:
         ``latent_shape`` on ``device``: the schedule, the size and the memory (of one window's model call with
         context windows) against ``available`` bytes (None: the device's free memory now;
         :func:`~.loop.check_render`)."""
+        if self.parallel is not None and config is not None:
+            self.parallel.check_for(config.num_heads, None)
         return check_render(config, latent_shape, **self.sample_args(), device=device, compute_dtype=compute_dtype,
                             available=available, windows=self.context)
 
@@ -145,6 +155,8 @@ class RenderSettings:
             values["cache"] = _cache_from(values["cache"])
         if values.get("context") is not None:
             values["context"] = _context_from(values["context"])
+        if values.get("parallel") is not None:
+            values["parallel"] = _parallel_from(values["parallel"])
         return cls(**values)
 
     def to_argv(self) -> list[str]:
@@ -162,7 +174,7 @@ class RenderSettings:
             elif kind == CONTEXT:
                 argv += [] if value is None else _context_argv(value)
             else:
-                argv += [flag, str(value)]
+                argv += [] if value is None else [flag, str(value)]  # None: not given (parallel)
         return argv
 
     @classmethod
@@ -195,7 +207,14 @@ def _dest(flag: str) -> str:
 
 
 def _encode(value):
-    return asdict(value) if isinstance(value, (StepCacheSettings, ContextWindows)) else value
+    return asdict(value) if isinstance(value, (StepCacheSettings, ContextWindows, ParallelSettings)) else value
+
+
+def _parallel_from(value) -> ParallelSettings:
+    try:
+        return ParallelSettings(**value)
+    except TypeError as err:
+        raise InputError(f"the manifest's parallel settings {value!r} are damaged ({err})") from err
 
 
 def _context_from(value) -> ContextWindows:

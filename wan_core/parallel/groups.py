@@ -1,0 +1,116 @@
+"""A render's parallel degrees (``--parallel ulysses=4,cfg=2``) and the process groups that carry them.
+
+With world size ``W = ulysses x cfg``, rank ``r`` is in CFG branch ``r // ulysses`` (0: the prompt, 1: the negative
+prompt) and shares its branch's tokens with the ``ulysses`` ranks of that branch; ranks ``r`` and ``r + ulysses``
+exchange their branch's prediction for the guidance step. Every rank draws the same seeded noise and applies the
+same solver step, so every rank holds the same latent after every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+from .sequence import check_degree
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """Degrees of a render over several processes: ``ulysses`` ranks share the tokens, ``cfg`` (1 or 2) splits the
+    two CFG branches; the render needs ``ulysses x cfg`` processes."""
+
+    ulysses: int = 1
+    cfg: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("ulysses", "cfg"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"parallel {name} must be a whole number of processes (at least 1), got {value!r}")
+        if self.cfg > 2:
+            raise InputError(f"parallel cfg splits the two CFG branches: 1 or 2, got {self.cfg}")
+
+    @property
+    def degree(self) -> int:
+        """Processes the render needs."""
+        return self.ulysses * self.cfg
+
+    @classmethod
+    def parse(cls, text: str) -> ParallelSettings:
+        """``"ulysses=4,cfg=2"`` (either part optional) -> settings; anything else is an :class:`InputError`."""
+        values = {}
+        for part in filter(None, (p.strip() for p in str(text).split(","))):
+            name, _, value = part.partition("=")
+            if name not in ("ulysses", "cfg") or not value.strip().isdigit():
+                raise InputError(f"--parallel takes ulysses=N,cfg=1|2 (e.g. ulysses=4,cfg=2), got {text!r}")
+            values[name] = int(value)
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return f"ulysses={self.ulysses},cfg={self.cfg}"
+
+    def check_for(self, heads: int | None, world: int | None) -> None:
+        """The degrees against the model's ``heads`` and the ``world`` size (None: not known here)."""
+        if heads is not None:
+            check_degree(heads, self.ulysses)
+        if world is not None and world != self.degree:
+            raise InputError(f"--parallel {self} needs {self.degree} processes, this run has {world}: launch with "
+                             f"torchrun --nproc-per-node {self.degree}, or change the degrees")
+
+
+@dataclass(frozen=True)
+class ParallelGroups:
+    """This rank's process groups of a render: its branch's sequence group and its CFG pair."""
+
+    settings: ParallelSettings
+    rank: int
+    sequence: object  # process group of the ranks sharing this branch's tokens
+    pair: object | None  # process group of the two ranks of this token shard's branches (cfg 2), else None
+
+    @property
+    def branch(self) -> int:
+        """0: this rank computes the prompt's branch, 1: the negative prompt's."""
+        return self.rank // self.settings.ulysses
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+_GROUPS: dict[ParallelSettings, ParallelGroups] = {}
+
+
+def parallel_groups(settings: ParallelSettings) -> ParallelGroups:
+    """The process groups of ``settings`` in the running process group (made once per process: every rank makes
+    every group, in the same order, as torch.distributed requires)."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise InputError(f"--parallel {settings} needs a process group: launch with torchrun --nproc-per-node "
+                         f"{settings.degree}")
+    if settings not in _GROUPS:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if world != settings.degree:
+            raise InputError(f"--parallel {settings} needs {settings.degree} processes, this run has {world}")
+        u = settings.ulysses
+        sequences = [dist.new_group(list(range(c * u, (c + 1) * u))) for c in range(settings.cfg)]
+        pairs = [dist.new_group([s, s + u]) for s in range(u)] if settings.cfg == 2 else None
+        _GROUPS[settings] = ParallelGroups(settings, rank, sequences[rank // u], None if pairs is None else
+                                           pairs[rank % u])
+    return _GROUPS[settings]
+
+
+def cfg_parallel_denoiser(model, context: torch.Tensor, negative: torch.Tensor, scale: float, groups: ParallelGroups,
+                          **conditioning):
+    """``denoise(x, t)`` = uncond + scale (cond - uncond) with this rank computing its branch only (the prompt on
+    branch 0, the negative on branch 1) and the two predictions exchanged in its CFG pair."""
+    mine = context if groups.branch == 0 else negative
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = model(x, t.expand(x.shape[0]), mine, **conditioning).float().contiguous()
+        parts = [torch.empty_like(out) for _ in range(2)]
+        dist.all_gather(parts, out, group=groups.pair)
+        cond, uncond = parts
+        return uncond + scale * (cond - uncond)
+
+    return denoise
