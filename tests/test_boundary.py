@@ -92,15 +92,16 @@ LAYERS = {
     "video": set(),
     "latents": set(),
     "models": {"runtime"},
+    "parallel": {"runtime"},  # torch.distributed groups, the sequence-parallel runner, the CFG-parallel denoiser
     "loading": {"models", "runtime"},
-    "sampling": {"runtime", "latents"},
+    "sampling": {"runtime", "latents", "parallel"},
     "conditioning": {"models", "sampling", "runtime", "latents"},
     "i2v": {"conditioning", "models", "sampling", "runtime", "latents"},
     "lora": {"loading", "models", "runtime"},
     "vace": {"i2v", "conditioning", "models", "sampling", "runtime", "latents"},
     "host": {"runtime"},
     "stages": {"host", "conditioning", "models", "runtime", "sampling", "latents"},
-    "job": {"host", "conditioning", "vace", "i2v", "models", "runtime", "sampling", "latents"},
+    "job": {"host", "conditioning", "vace", "i2v", "models", "runtime", "sampling", "latents", "parallel"},
 }
 
 
