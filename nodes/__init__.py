@@ -8,6 +8,7 @@ from .experts import WanCoreExpertPair
 from .extend import WanCoreExtend
 from .image import WanCoreCLIPVisionLoader, WanCoreImageToVideo
 from .loaders import WanCoreLoraLoader, WanCoreModelLoader, WanCoreTextEncoderLoader, WanCoreVAELoader
+from .parallel import WanCoreParallel
 from .sampler import WanCoreSampler
 from .text import WanCoreTextEncode
 from .vace import WanCoreVACEConditioning, WanCoreVACEExtend, WanCoreVACEOutpaint
@@ -35,6 +36,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanCoreExpertPair": WanCoreExpertPair,
     "WanCoreContextWindows": WanCoreContextWindows,
     "WanCoreExtend": WanCoreExtend,
+    "WanCoreParallel": WanCoreParallel,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -57,4 +59,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanCoreExpertPair": "Wan Expert Pair (WanCore)",
     "WanCoreContextWindows": "Wan Context Windows (WanCore)",
     "WanCoreExtend": "Wan Extend (WanCore)",
+    "WanCoreParallel": "Wan Parallel (WanCore)",
 }

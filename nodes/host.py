@@ -25,6 +25,8 @@ from ..wan_core import (
     log_progress,
     module_bytes,
     preview_side,
+    render_parallel,
+    shutdown_pool,
 )
 
 try:  # ComfyUI's services exist only inside a ComfyUI process
@@ -133,6 +135,36 @@ def compute_device() -> torch.device:
     if IN_COMFYUI:
         return _mm.get_torch_device()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def gpu_count() -> int:
+    """GPUs this machine has (the parallel node's workers go on the ones besides the compute device)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def render_parallel_job(job, spec, on_stop=None) -> torch.Tensor:
+    """``job`` over the devices of ``spec``: this process as rank 0 on the node host, the pool's workers on the
+    others (started once, kept until ComfyUI unloads its models)."""
+    return render_parallel(job, HOST, spec, on_stop)
+
+
+def _end_workers_with_unload() -> None:
+    """ComfyUI's *Unload models* button and ``POST /free`` (and its recovery from running out of memory) call
+    ``unload_all_models``: the parallel workers end there too, giving their GPUs' memory back."""
+    unload = _mm.unload_all_models
+    if getattr(unload, "wancore_ends_workers", False):
+        return
+
+    def unload_all_models(*args, **kwargs):
+        shutdown_pool()
+        return unload(*args, **kwargs)
+
+    unload_all_models.wancore_ends_workers = True
+    _mm.unload_all_models = unload_all_models
+
+
+if IN_COMFYUI:
+    _end_workers_with_unload()
 
 
 def offload_device() -> torch.device:

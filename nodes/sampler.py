@@ -76,22 +76,26 @@ class WanCoreSampler:
             "cache": ("WANCORE_CACHE", {"tooltip": "A step cache from WanCoreCache. " + tip("cache")}),
             "start_step": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": tip("start_step")}),
             "context": ("WANCORE_CONTEXT", {"tooltip": "From Wan Context Windows. " + tip("context")}),
+            "parallel": ("WANCORE_PARALLEL", {"tooltip": "From Wan Parallel: this render on several GPUs."}),
         }}
 
     def run(self, model, embeds, width, height, frames, seed, steps, cfg, shift, sampler, denoise,
             latent=None, image_embeds=None, vace=None, resume="auto", stop_after=0, attention="sdpa",
-            compile=False, cache=None, vram_budget_gb=0.0, start_step=0, context=None):
+            compile=False, cache=None, vram_budget_gb=0.0, start_step=0, context=None, parallel=None):
         host.render_started()
         settings = RenderSettings(sampler=sampler, steps=steps, cfg=cfg, shift=shift, seed=seed, denoise=denoise,
                                   stop_after=stop_after, cache=cache, attention=attention, compile=compile,
                                   vram_budget=vram_budget_gb, resume=resume, start_step=start_step,
-                                  context=context)
+                                  context=context, parallel=None if parallel is None else parallel.settings)
         manifest = {"node": "WanCoreSampler", "settings": settings.to_manifest(), "versions": manifest_versions()}
         state = latent.get(STATE_KEY) if latent is not None and start_step else None
         job = RenderJob(model, embeds, settings, SampleRequest(width, height, frames),
                         None if latent is None else latent["samples"], image_embeds, vace, manifest, state)
         kept: list[SolverState] = []
-        out = {"samples": job.run(host.HOST, on_stop=kept.append)}
+        if parallel is None:
+            out = {"samples": job.run(host.HOST, on_stop=kept.append)}
+        else:
+            out = {"samples": host.render_parallel_job(job, parallel, on_stop=kept.append)}
         if kept:  # stopped: a sampler started at this step from this LATENT goes on exactly
             out[STATE_KEY] = kept[0]
         return (out,)

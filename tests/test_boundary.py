@@ -102,6 +102,7 @@ LAYERS = {
     "host": {"runtime"},
     "stages": {"host", "conditioning", "models", "runtime", "sampling", "latents"},
     "job": {"host", "conditioning", "vace", "i2v", "models", "runtime", "sampling", "latents", "parallel"},
+    "pool": {"job", "host", "lora", "loading", "conditioning", "vace", "models", "runtime", "sampling", "parallel"},
 }
 
 

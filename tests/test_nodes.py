@@ -86,7 +86,7 @@ def _check_spec(node: str, name: str, spec: tuple) -> None:
 def test_node_contract(env):
     mappings = load_pack().NODE_CLASS_MAPPINGS
     assert set(mappings) == set(load_pack().NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(mappings) == 19
+    assert len(mappings) == 20
     for node, cls in mappings.items():
         assert node.startswith("WanCore") and cls.CATEGORY.startswith("WanCore/"), node
         assert cls.DESCRIPTION and isinstance(cls.RETURN_TYPES, tuple), node

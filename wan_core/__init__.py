@@ -49,6 +49,7 @@ from .models.experts import EXPERT_DEFAULTS, ExpertPair
 from .models.text_encoder import TextEncoder
 from .models.vae import WanVAE
 from .models.vae_tiling import decode_bytes, decode_tiled, decode_with_fallback, encode_tiled, tile_for_budget
+from .parallel import ParallelSettings
 from .pipeline import (
     check_task,
     image_to_latent,
@@ -58,6 +59,7 @@ from .pipeline import (
     vace_to_latent,
     vace_to_video,
 )
+from .pool import PoolSpec, pool_devices, render_parallel, shutdown_pool
 from .runtime import (
     CACHE_KINDS,
     DTYPES,
@@ -144,6 +146,8 @@ __all__ = [
     "SAMPLERS", "SampleRequest", "ResumeFile", "ResumeStore", "cfg_branches", "check_render", "check_seed",
     "check_tensors", "sample", "sample_pair", "SolverState", "ContextWindows", "PerWindowRunner", "FUSE_METHODS",
     "SCHEDULES", "Extension", "extend", "extension_recipe",
+    # several processes (GPUs) for one render
+    "ParallelSettings", "PoolSpec", "pool_devices", "render_parallel", "shutdown_pool",
     # video files
     "METADATA_KEYS", "Clip", "VideoFormat", "check_fps", "read_image", "extension", "images_to_video",
     "next_output_path", "read_metadata",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -184,6 +184,9 @@ class RenderJob:
         """One stretch of the render with ``model`` placed by its own memory plan; the RAW latent on the CPU."""
         whole = self.plan(device, UNLIMITED, model, args["cfg"])  # everything resident: what the host makes room for
         plan = self.plan(device, host.budget(model, whole.peak, self.settings.vram_budget), model, args["cfg"])
+        if self.settings.parallel is not None and plan.guided:  # the ranks' calls must match: CFG the same way
+            sequential = parallel_groups(self.settings.parallel).any_rank(plan.cfg_sequential)
+            plan = replace(plan, cfg_sequential=sequential)
         host.report(plan.describe())
 
         def replan(budget: int) -> MemoryPlan:  # after running out of memory: the model leaves the device first

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from .errors import InputError
 from .loading.lora import IMAGE_BRANCH, LoraFile, read_lora
@@ -51,6 +52,9 @@ def apply_loras(model: WanDiT, loras: Sequence[LoraSpec], unmerged: bool | None 
     handle.weight_patches = _choose_merging(model, stack_patches(getattr(model, "weight_patches", None) or {},
                                                                  patches), unmerged)
     handle.loras = (*getattr(model, "loras", ()), *names)
+    handle.lora_sources = (*getattr(model, "lora_sources", ()), *((None if isinstance(item, LoraFile) else
+                                                                  str(Path(item).resolve()), float(strength), unmerged)
+                                                                 for item, strength in loras))
     log.info("LoRAs %s on %s: %d tensors patched", names, model.config.label, len(patches))
     return handle
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ from ..errors import InputError
 from ..models.config import DiTConfig, detect
 from ..models.dit import WanDiT
 from ..models.layers import CastLinear, LinearFactory
-from ..runtime.placement import parse_dtype, resolve_placement
+from ..runtime.placement import DTYPES, parse_dtype, resolve_placement
 from .checkpoint import (
     SCALE_SUFFIXES,
     SCALED_FP8_MARKER,
@@ -144,7 +145,9 @@ def load_dit(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     if gguf:  # quantized blocks: their own loader and Linear layers
         from .gguf import load_gguf_dit
 
-        return load_gguf_dit(path, storage_dtype=storage_dtype, compute_dtype=compute_dtype, device=device)
+        model = load_gguf_dit(path, storage_dtype=storage_dtype, compute_dtype=compute_dtype, device=device)
+        model.source = dit_source(path, storage_dtype, model.compute_dtype, False)
+        return model
     placement = resolve_placement("dit", storage_dtype, compute_dtype, device)
     state = open_state_dict(path)
     require_kind(path, state.keys(), "dit")
@@ -159,10 +162,20 @@ def load_dit(path: str | os.PathLike, *, storage_dtype: torch.dtype | str | None
     attach_fp8_scales(model, scales, device, path)
     model.to(device)  # the non-persistent rotary tables
     model.fp8_matmul = fp8_matmul
+    if linear is CastLinear:  # what another process needs to load this very model (a parallel render's workers)
+        model.source = dit_source(path, storage_dtype, placement.compute_dtype, fp8_matmul)
     log.info("loaded %s from %s (%s weights, %s compute%s)", config.label, path,
              placement.storage_dtype or next(iter(state.values())).dtype, placement.compute_dtype,
              ", fp8 matrix products where the GPU has them" if fp8_matmul else "")
     return model.eval().requires_grad_(False)
+
+
+def dit_source(path, storage_dtype, compute_dtype: torch.dtype, fp8_matmul: bool) -> dict:
+    """How a DiT was loaded, as plain values: ``load_dit(**source)`` loads it again (in another process)."""
+    storage = parse_dtype(storage_dtype)
+    names = {dtype: name for name, dtype in DTYPES.items() if dtype is not None}
+    return {"path": str(Path(path).resolve()), "storage_dtype": None if storage is None else names[storage],
+            "compute_dtype": names[compute_dtype], "fp8_matmul": bool(fp8_matmul)}
 
 
 def fp8_storage(path, storage_dtype: torch.dtype | str | None) -> torch.dtype:

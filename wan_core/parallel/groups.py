@@ -78,6 +78,12 @@ class ParallelGroups:
     def barrier(self) -> None:
         dist.barrier()
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank of the render (every rank calls this at the same point)."""
+        value = torch.tensor([int(bool(flag))], device=_collective_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
 
 _GROUPS: dict[ParallelSettings, ParallelGroups] = {}
 
@@ -98,6 +104,16 @@ def parallel_groups(settings: ParallelSettings) -> ParallelGroups:
         _GROUPS[settings] = ParallelGroups(settings, rank, sequences[rank // u], None if pairs is None else
                                            pairs[rank % u])
     return _GROUPS[settings]
+
+
+def forget_groups() -> None:
+    """Drop the groups made in a process group that is being left (a new one makes its own)."""
+    _GROUPS.clear()
+
+
+def _collective_device() -> torch.device:
+    """Where this backend's tensors must be: this rank's GPU for NCCL, the CPU for gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def cfg_parallel_denoiser(model, context: torch.Tensor, negative: torch.Tensor, scale: float, groups: ParallelGroups,

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InputError
-from .groups import ParallelSettings
+from .groups import ParallelSettings, forget_groups
 
 log = logging.getLogger(__name__)
 
@@ -50,5 +50,6 @@ def rank() -> int:
 
 
 def leave_process_group() -> None:
+    forget_groups()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -322,7 +322,10 @@ def sample(model, context: torch.Tensor, negative: torch.Tensor | None = None, *
             callback(i, schedule.steps, x0)
         if stop_after and i + 1 >= stop_after and i + 1 < schedule.steps:
             raise _Stopped(i + 1, x0)
-        if interrupt is not None and interrupt() and i + 1 < schedule.steps:
+        stop = interrupt is not None and interrupt()
+        if render.parallel is not None:  # one rank's interrupt (inside ComfyUI: rank 0's) stops every rank here
+            stop = render.parallel.any_rank(stop)
+        if stop and i + 1 < schedule.steps:
             raise RenderInterrupted(f"render interrupted after step {i + 1} of {schedule.steps}")
 
     last = []  # the newest solver state, for a hand-over at stop_after
@@ -447,8 +450,8 @@ def _retry_out_of_memory(make: Callable[[], Denoise], render: RenderContext) -> 
         try:
             return current[0](x, t)
         except torch.OutOfMemoryError:
-            if not render.shrink_plan():
-                raise
+            if render.parallel is not None or not render.shrink_plan():
+                raise  # over several processes the ranks' calls must match: a rank out of memory ends the render
         current[0] = make()
         return current[0](x, t)
 
