@@ -211,3 +211,59 @@ def test_a_parallel_render_stopped_and_run_again_resumes_to_the_same_latent(tmp_
     assert "resuming from step 1 of 3" in torchrun("resumed.mp4")
     whole, resumed = (load_file(tmp_path / f"{n}.latent.safetensors")["latent"] for n in ("whole", "resumed"))
     assert torch.equal(whole, resumed)
+
+
+def _rank_process(parent: int, rank: int) -> int | None:
+    """The pid of torchrun ``parent``'s worker of ``rank`` (from its environment), None before it started."""
+    from pathlib import Path
+
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds torchrun's worker processes in /proc")
+def test_a_killed_rank_ends_the_torchrun_render_on_every_rank_and_the_rerun_resumes(tmp_path):
+    """Rank 1 killed (SIGKILL) after step 2 of 30: torchrun ends within seconds with an error, no video and no
+    half-written file; the same command again resumes from the shared resume file and ends on the single-process
+    render's latent."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    args = ["t2v", "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--steps", "30", "--frames",
+            "17", "--width", "96", "--height", "64", "--keep-latent", "--out"]
+
+    def torchrun() -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(_free_port()), "-m", "wan_core", *args, str(tmp_path / "split.mp4"), "--parallel", "ulysses=2"]
+
+    run = subprocess.Popen(torchrun(), stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in run.stderr:
+        lines.append(line)
+        if re.search(r"sampling +2/30", line):
+            break
+    assert lines and re.search(r"sampling +2/30", lines[-1]), "".join(lines)[-3000:]
+    os.kill(_rank_process(run.pid, 1), signal.SIGKILL)
+    killed = time.monotonic()
+    rest = run.stderr.read()
+    assert run.wait(timeout=120) != 0, rest[-3000:]
+    assert "rank 0: another rank of the parallel render stopped or failed" in rest, rest[-3000:]
+    assert time.monotonic() - killed < 60
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*partial*"))
+    resumed = subprocess.run(torchrun(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stderr
+    assert not list(tmp_path.rglob(".*partial*"))
+    single = subprocess.run([sys.executable, "-m", "wan_core", *args, str(tmp_path / "one.mp4")],
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    one, split = (load_file(tmp_path / f"{n}.latent.safetensors")["latent"] for n in ("one", "split"))
+    assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5

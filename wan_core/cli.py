@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .constants import NEGATIVE_PROMPT
 from .display import ProgressDisplay
-from .errors import InputError, WanCoreError
+from .errors import InputError, RenderError, WanCoreError
 from .loading.shards import is_later_shard
 from .manifest import MANIFEST_KEY, dumps
 from .runtime.attention import attention_backends
@@ -231,13 +231,27 @@ def run(argv: list[str] | None = None) -> Path:
             _demo_files_once(args.models / "demo")
         plan = _plan(args)
         manifest = _manifest(args, plan)
-        raw = _render_latent(args, plan, manifest)
+        try:
+            raw = _render_latent(args, plan, manifest)
+        except RuntimeError as err:
+            if joined and _collective_failed(err):
+                raise RenderError(f"rank {rank()}: another rank of the parallel render stopped or failed "
+                                  f"({str(err).splitlines()[0][:300]}); nothing was written, the resume file keeps "
+                                  "the last finished step: run the same command again to go on") from err
+            raise
         if rank():  # every rank holds the same latent; rank 0 decodes and writes
             return args.out
         return _decode_and_write(args, plan, manifest, raw)
     finally:
         if joined:
             leave_process_group()
+
+
+def _collective_failed(err: RuntimeError) -> bool:
+    """Whether ``err`` is a collective that broke (a rank died, a timeout), not a fault of this rank's own."""
+    import torch.distributed as dist
+
+    return isinstance(err, dist.DistError) or any(word in str(err) for word in ("gloo", "NCCL", "Connection"))
 
 
 def _render_latent(args: argparse.Namespace, plan: _Plan, manifest: dict):
