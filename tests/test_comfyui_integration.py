@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -77,6 +78,11 @@ def _render(url: str, ui: dict, overrides: dict, log: Path) -> dict:
     request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         prompt_id = json.loads(response.read())["prompt_id"]
+    return _finished(url, prompt_id, log)
+
+
+def _finished(url: str, prompt_id: str, log: Path) -> dict:
+    """The /history entry of ``prompt_id`` once it finished."""
     deadline = time.monotonic() + RENDER_TIMEOUT
     while time.monotonic() < deadline:
         history = _get(f"{url}/history/{prompt_id}").get(prompt_id)
@@ -86,7 +92,10 @@ def _render(url: str, ui: dict, overrides: dict, log: Path) -> dict:
     pytest.fail(f"no result within {RENDER_TIMEOUT} s:\n{log.read_text()[-3000:]}")
 
 
-def test_t2v_workflow_in_a_real_comfyui(tmp_path):
+@contextmanager
+def _comfyui(tmp_path: Path):
+    """A ComfyUI on a free port with this pack and the demo models in a fresh base directory:
+    ``(process, url, base, log)``, answering once its nodes are listed; terminated afterwards."""
     base = tmp_path / "base"
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "ComfyUI-WanCore").symlink_to(ROOT, target_is_directory=True)
@@ -100,7 +109,26 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
                                 cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        info = _wait_for(f"{url}/object_info", proc, log, START_TIMEOUT)
+        _wait_for(f"{url}/object_info", proc, log, START_TIMEOUT)
+        yield proc, url, base, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _free_models(url: str) -> None:
+    """What ComfyUI's *Unload models* button sends."""
+    free = urllib.request.Request(f"{url}/free", data=json.dumps({"unload_models": True}).encode(),
+                                  headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(free, timeout=10).close()
+
+
+def test_t2v_workflow_in_a_real_comfyui(tmp_path):
+    with _comfyui(tmp_path) as (proc, url, base, log):
+        info = _get(f"{url}/object_info")
         ours = [name for name in node_classes() if name.startswith("WanCore")]
         assert set(ours) <= set(info), f"missing nodes: {set(ours) - set(info)}\n{log.read_text()[-3000:]}"
         scripts = _get(f"{url}/extensions")  # the front-end extension is served (it greys out size widgets)
@@ -126,9 +154,7 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         assert "Requested to load WanDiT" in log.read_text(), log.read_text()[-3000:]
         assert "unloaded from" not in log.read_text()
         # ... until "Unload models" (POST /free) makes ComfyUI release it
-        free = urllib.request.Request(f"{url}/free", data=json.dumps({"unload_models": True}).encode(),
-                                      headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(free, timeout=10).close()
+        _free_models(url)
         deadline = time.monotonic() + 60
         while "WanDiT unloaded from" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(1)
@@ -151,9 +177,37 @@ def test_t2v_workflow_in_a_real_comfyui(tmp_path):
         assert history["status"]["status_str"] == "error"
         assert "use 13 or 17" in json.dumps(history["status"]["messages"]), json.dumps(history["status"])[:3000]
         assert sorted((base / "output").rglob("*.mp4")) == videos
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+def _workers(pid: int) -> list[int]:
+    """The parallel worker processes ComfyUI (``pid``) started."""
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [int(c) for c in children if b"wan_core.pool.worker" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds ComfyUI's worker processes in /proc")
+def test_parallel_workers_in_a_real_comfyui(tmp_path):
+    """The t2v workflow with a Wan Parallel node (ulysses=2, its worker on the CPU) renders; the worker stays for
+    the next render and ends with ComfyUI's Unload models (POST /free)."""
+    with _comfyui(tmp_path) as (proc, url, base, log):
+        ui = load_workflow(ROOT / "example_workflows" / "wan2.1_t2v_1.3B.json")
+        prompt = ui_to_api(ui, _demo_overrides())
+        sampler = next(k for k, v in prompt.items() if v["class_type"] == "WanCoreSampler")
+        prompt["900"] = {"class_type": "WanCoreParallel", "inputs": {"ulysses": 2, "cfg": 1, "gpus": "cpu",
+                                                                    "timeout_s": 60}}
+        prompt[sampler]["inputs"]["parallel"] = ["900", 0]
+        body = json.dumps({"prompt": prompt, "client_id": "wancore-test"}).encode()
+        request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            prompt_id = json.loads(response.read())["prompt_id"]
+        history = _finished(url, prompt_id, log)
+        assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+        assert len(sorted((base / "output").rglob("*.mp4"))) == 1
+        assert "parallel workers started: ulysses=2,cfg=1 on cpu, cpu" in log.read_text(), log.read_text()[-3000:]
+        workers = _workers(proc.pid)
+        assert len(workers) == 1
+        _free_models(url)
+        deadline = time.monotonic() + 60
+        while (_workers(proc.pid) or Path(f"/proc/{workers[0]}").exists()) and time.monotonic() < deadline:
+            time.sleep(0.5)  # gone, and reaped by the pool
+        assert not _workers(proc.pid) and not Path(f"/proc/{workers[0]}").exists(), log.read_text()[-3000:]

@@ -217,7 +217,8 @@ def _rank_process(parent: int, rank: int) -> int | None:
     """The pid of torchrun ``parent``'s worker of ``rank`` (from its environment), None before it started."""
     from pathlib import Path
 
-    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+    tasks = Path(f"/proc/{parent}/task").iterdir()
+    for child in (c for task in tasks for c in (task / "children").read_text().split()):
         environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
         if f"RANK={rank}".encode() in environ:
             return int(child)
