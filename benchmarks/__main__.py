@@ -8,7 +8,7 @@ import argparse
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("what", choices=["dit", "vae", "text", "video", "clip", "resume", "step", "speed", "lora",
-                                                 "gguf", "vace", "memory", "fp8", "experts", "long", "gpu"],
+                                                 "gguf", "vace", "memory", "fp8", "experts", "long", "parallel", "gpu"],
                         help="which benchmark to run")
     parser.add_argument("--runs", type=int, help="timed runs per case (the median is reported; dit 3, vae 1)")
     parser.add_argument("--size", choices=["small", "mid", "full"], default="small",
@@ -20,8 +20,9 @@ def main(argv=None) -> None:
                         "demo model on the CPU; memory, gguf, fp8, vae: measure on this device")
     for name, default in (("width", 832), ("height", 480), ("frames", 81), ("steps", 20)):
         parser.add_argument(f"--{name}", type=int, default=default, help=f"speed on a device (default {default})")
-    parser.add_argument("--model", default="t2v-1.3B", choices=["t2v-1.3B", "ti2v-5B"],
-                        help="dit: the real config to time (ti2v-5B: 3 of its 30 blocks unless --blocks)")
+    parser.add_argument("--model", default="t2v-1.3B", choices=["t2v-1.3B", "ti2v-5B", "t2v-14B", "i2v-14B"],
+                        help="dit: the real config to time (ti2v-5B: 3 of its 30 blocks unless --blocks); parallel "
+                        "with --device cuda: the config on 1, 2, 4, 8 GPUs")
     parser.add_argument("--blocks", type=int, help="dit: keep this many of the config's blocks")
     parser.add_argument("--out", help="gpu: folder of the report (default gpu_report)")
     parser.add_argument("--dry-run", action="store_true", help="gpu: list the steps and their time budgets only")
@@ -30,6 +31,11 @@ def main(argv=None) -> None:
         from . import gpu
 
         gpu.main(args.out, args.dry_run)
+    elif args.what == "parallel":
+        from . import parallel
+
+        size = (args.width, args.height, args.frames) if args.device else None
+        parallel.main(args.device, args.model if args.device else None, runs=args.runs or 3, size=size)
     elif args.what == "dit":
         from . import dit
 
