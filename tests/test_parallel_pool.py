@@ -157,3 +157,30 @@ def test_bad_parallel_input_fails_before_any_process_starts(demo):
         built = wan_core.WanDiT(job.model.config)
         wan_core.render_parallel(RenderJob(built, job.embeds, job.settings, job.request), StandaloneHost("cpu"),
                                  _spec())
+
+
+def test_an_expert_pair_and_image_conditioning_reach_the_workers(demo):
+    """The workers load what each render names: a Wan2.2 expert pair (both files, the boundary, each expert's cfg),
+    then the i2v model with image conditioning (CLIP tokens and y in the job's tensors); each equals the
+    single-process render, on one pool."""
+    paths = demo[1]
+    base = _job(paths)
+    pair = wan_core.ExpertPair.with_defaults(wan_core.load_dit(paths["t2v_high"]), wan_core.load_dit(paths["t2v_low"]),
+                                             cfg_high=4.0, cfg_low=3.0)
+    i2v = wan_core.load_dit(paths["i2v"])
+    gen = torch.Generator().manual_seed(2)
+    lat_f, lat_h, lat_w = SampleRequest(**SIZE).latent_shape(i2v.config)[2:]
+    image = wan_core.ImageEmbeds(torch.randn(1, i2v.config.clip_tokens, i2v.config.clip_dim, generator=gen),
+                                 torch.randn(1, 20, lat_f, lat_h, lat_w, generator=gen))
+    try:
+        pids = None
+        for model, conditioning in ((pair, None), (i2v, image)):
+            job = RenderJob(model, base.embeds, base.settings, base.request, image=conditioning)
+            single = RenderJob(model, base.embeds, RenderSettings(**CHOICES), base.request, image=conditioning)
+            split = wan_core.render_parallel(job, StandaloneHost("cpu"), _spec())
+            one = single.run(StandaloneHost("cpu"))
+            assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5
+            assert pids is None or pool_module.current_pool().pids == pids
+            pids = pool_module.current_pool().pids
+    finally:
+        wan_core.shutdown_pool()
