@@ -173,8 +173,9 @@ def test_bad_parallel_settings_fail_before_the_render(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--parallel", "rings=2"])
     assert "--parallel takes ulysses=N,cfg=1|2" in capsys.readouterr().err
-    with pytest.raises(wan_core.InputError, match="step cache decides per process"):
-        wan_core.RenderSettings(parallel=wan_core.parallel.ParallelSettings(2), cache=wan_core.StepCacheSettings("mag"))
+    with pytest.raises(wan_core.InputError, match="step cache decides per CFG branch, and with cfg=2"):
+        wan_core.RenderSettings(parallel=wan_core.parallel.ParallelSettings(2, 2),
+                                cache=wan_core.StepCacheSettings("mag"))
 
 
 def test_parallel_settings_survive_the_manifest_and_the_command_line():

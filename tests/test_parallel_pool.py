@@ -184,3 +184,23 @@ def test_an_expert_pair_and_image_conditioning_reach_the_workers(demo):
             pids = pool_module.current_pool().pids
     finally:
         wan_core.shutdown_pool()
+
+
+@pytest.mark.parametrize("kind", ["first_block", "mag"])
+def test_a_step_cache_under_ulysses_skips_as_the_single_process_render(demo, kind):
+    """The cache sits outside the token split, deciding on the whole sequence, the same on every rank: the parallel
+    render with a cache equals the single-process one with it, which differs from the uncached render."""
+    paths = demo[1]
+    base = _job(paths)
+    cache = wan_core.StepCacheSettings(kind, threshold=0.5, start=0.0, max_skips=2)
+    choices = {**CHOICES, "steps": 6}
+    job = RenderJob(base.model, base.embeds, RenderSettings(**choices, cache=cache, parallel=ParallelSettings(2)),
+                    base.request)
+    try:
+        split = wan_core.render_parallel(job, StandaloneHost("cpu"), _spec())
+    finally:
+        wan_core.shutdown_pool()
+    one, plain = (RenderJob(base.model, base.embeds, RenderSettings(**choices, cache=c), base.request).run(
+        StandaloneHost("cpu")) for c in (cache, None))
+    assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5
+    assert ((plain - one).abs().max() / one.abs().max()).item() > 1e-3  # the cache did skip steps

@@ -206,27 +206,28 @@ class RenderJob:
         asked."""
         model = model or self.model
         settings, config = self.settings, model.config
-        runner = ResidentRunner()
-        if settings.cache is not None:
+        refused = compile_unavailable(model, device) if settings.compile else None
+        if refused:
+            log.warning("compile is off for this render, which runs eagerly: %s", refused)
+        runner = CompiledRunner() if settings.compile and not refused else ResidentRunner()
+        groups = None
+        if settings.parallel is not None:  # a render over several processes (torchrun, a pool): this rank's share
+            groups = parallel_groups(settings.parallel)
+            if settings.parallel.ulysses > 1:
+                runner = SequenceParallelRunner(runner, groups.sequence)
+        if settings.cache is not None:  # outermost: it decides on the whole sequence, the same on every rank
             _, _, frames, h, w = self.shape
+            inner = runner
 
             def cache():
-                return settings.cache.runner(settings.steps, cfg_branches(self.embeds.negative, settings.cfg),
+                made = settings.cache.runner(settings.steps, cfg_branches(self.embeds.negative, settings.cfg),
                                              config.model_type, config.dim, h * VAE_STRIDE[1] * w * VAE_STRIDE[2])
+                made.inner = inner
+                return made
 
             windows = settings.context
             count = 1 if windows is None else len(windows.windows(frames - self.references, 0))
             runner = cache() if count == 1 else PerWindowRunner(cache, count)  # each window's own cache state
-        refused = compile_unavailable(model, device) if settings.compile else None
-        if refused:
-            log.warning("compile is off for this render, which runs eagerly: %s", refused)
-        compiled = settings.compile and not refused
-        runner = CompiledRunner(runner) if compiled else runner
-        groups = None
-        if settings.parallel is not None:  # a render over several processes (torchrun): this rank's share
-            groups = parallel_groups(settings.parallel)
-            if settings.parallel.ulysses > 1:
-                runner = SequenceParallelRunner(runner, groups.sequence)
         return RenderContext(device=device, attention=settings.attention, plan=plan, replan=replan, runner=runner,
                              parallel=groups)
 

@@ -29,8 +29,6 @@ from torch import nn
 from ..errors import InputError
 from .runners import ResidentRunner
 
-_RUN = ResidentRunner()  # the blocks a computed step runs, one after the other
-
 
 @dataclass
 class _Branch:
@@ -52,6 +50,7 @@ class StepCache:
         self.threshold, self.branches, self.start_steps, self.max_skips = threshold, branches, start_steps, max_skips
         self.decisions: list[tuple[bool, ...]] = []
         self._state = [self._Branch() for _ in range(branches)]
+        self.inner = ResidentRunner()  # runs the blocks a step computes (compiled, or over several processes)
 
     def _parts(self, h: torch.Tensor) -> list[slice]:
         size = h.shape[0] // self.branches
@@ -68,14 +67,14 @@ class StepCache:
         self.decisions.append(compute)
         parts = self._parts(start)
         if all(compute):
-            out = _RUN(blocks, start, inputs)
+            out = self.inner(blocks, start, inputs)
             for state, part in zip(self._state, parts):
                 state.tail, state.skipped = out[part] - start[part], 0
             return out
         pieces = []
         for state, part, run in zip(self._state, parts, compute):
             if run:
-                out = _RUN(blocks, start[part], inputs.select(part))
+                out = self.inner(blocks, start[part], inputs.select(part))
                 state.tail, state.skipped = out - start[part], 0
             else:
                 out = start[part] + state.tail
@@ -130,7 +129,7 @@ class FirstBlockCache(StepCache):
     _Branch = _FirstBlockBranch
 
     def __call__(self, blocks: Sequence[nn.Module], h: torch.Tensor, inputs) -> torch.Tensor:
-        first = blocks[0](h, inputs)
+        first = self.inner(blocks[:1], h, inputs)
         residual = first - h
         step = len(self.decisions)
         compute = tuple(self._decide(state, step, residual[part])

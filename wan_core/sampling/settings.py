@@ -110,9 +110,9 @@ class RenderSettings:
             raise InputError(f"context must be context-window settings (or none), got {type(self.context).__name__}")
         if self.parallel is not None and not isinstance(self.parallel, ParallelSettings):
             raise InputError(f"parallel must be parallel settings (or none), got {type(self.parallel).__name__}")
-        if self.parallel is not None and self.cache is not None:
-            raise InputError("a step cache decides per process, which a render split over several processes cannot "
-                             "keep in step yet: leave the cache off with --parallel")
+        if self.parallel is not None and self.parallel.cfg == 2 and self.cache is not None:
+            raise InputError("a step cache decides per CFG branch, and with cfg=2 the branches' ranks would keep "
+                             "(and resume) different states: use the cache with ulysses only (cfg=1), or no cache")
         for slot in ("experts",):
             if getattr(self, slot) is not None:
                 raise InputError(f"{slot} settings are not supported by this version of wan_core; leave them unset")
