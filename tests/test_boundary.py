@@ -100,7 +100,7 @@ LAYERS = {
     "lora": {"loading", "models", "runtime"},
     "vace": {"i2v", "conditioning", "models", "sampling", "runtime", "latents"},
     "host": {"runtime"},
-    "stages": {"host", "conditioning", "models", "runtime", "sampling", "latents"},
+    "stages": {"host", "conditioning", "models", "runtime", "sampling", "latents", "parallel"},
     "job": {"host", "conditioning", "vace", "i2v", "models", "runtime", "sampling", "latents", "parallel"},
     "pool": {"job", "host", "lora", "loading", "conditioning", "vace", "models", "runtime", "sampling", "parallel"},
 }

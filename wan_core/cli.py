@@ -464,7 +464,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     settings.check_for(config, request.latent_shape(config), device, placement.compute_dtype)
     extension = _extension(args, size["frames"], request.latent_shape(config)[2])
     host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log,
-                          on_progress=ProgressDisplay(sys.stderr, log))
+                          on_progress=ProgressDisplay(sys.stderr, log), shares_text=args.parallel is not None)
     return _Plan(paths, size, settings, fmt, host, images, _loras(args, config, args.lora),
                  _vace_inputs(args), loras_low=_loras(args, config, args.lora_low), extension=extension)
 

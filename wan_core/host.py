@@ -96,17 +96,19 @@ class StandaloneHost:
     """The host without ComfyUI: one device, the user's budget or the planner's default, models moved there for
     a stage and back to where they were, status as lines of ``logger`` (the front end's; default this module's),
     progress to ``on_progress`` (a display; default: a line per step, one per stage at its end), an optional
-    cancel check and resume folder."""
+    cancel check and resume folder; ``shares_text``: one rank of a torchrun render (rank 0 encodes the prompts and
+    sends them to the others)."""
 
     def __init__(self, device: torch.device | str | None = None, resume_folder: str | Path | None = None,
                  interrupt: Callable[[], bool] | None = None, logger: logging.Logger | None = None,
-                 on_progress: OnProgress | None = None):
+                 on_progress: OnProgress | None = None, shares_text: bool = False):
         cuda = torch.cuda.is_available()
         self.device = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
         self._resume_folder = None if resume_folder is None else Path(resume_folder)
         self._interrupt = interrupt
         self._log = logger or log
         self._on_progress = on_progress or self._log_progress
+        self.shares_text = shares_text  # one rank of a torchrun render: rank 0 encodes the prompts for all
 
     def compute_device(self) -> torch.device:
         return self.device

@@ -31,6 +31,8 @@ def encode_text(text_encoder: TextEncoder, positive: str, negative: str | None, 
     """The prompt and its negative (the official one when empty) -> :class:`TextEmbeds`, on the host's device by
     the encoder's memory plan for these prompts: whole (moved there and back) when it fits the budget
     (``budget_gb``; 0: automatic), else its layers streamed one by one (the encoder itself stays put)."""
+    if getattr(host, "shares_text", False):  # a torchrun render: rank 0 encodes, every rank gets its embeddings
+        return _encoded_on_first_rank(text_encoder, positive, negative, host, budget_gb)
     device = host.compute_device()
     sizes = (2, text_encoder.tokens_used([positive, negative or NEGATIVE_PROMPT]))  # prompts, tokens
     whole = plan_text_encoder(text_encoder.model, device, UNLIMITED, *sizes).peak  # what the host makes room for
@@ -41,6 +43,33 @@ def encode_text(text_encoder: TextEncoder, positive: str, negative: str | None, 
             return encode_prompts(text_encoder, positive, negative, interrupt=interrupt, plan=plan, device=device)
     with host.cancellable() as interrupt, host.on_device(text_encoder):
         return encode_prompts(text_encoder, positive, negative, interrupt=interrupt)
+
+
+def _encoded_on_first_rank(text_encoder: TextEncoder, positive: str, negative: str | None, host: Host,
+                           budget_gb: float) -> TextEmbeds:
+    """The prompts encoded once, on rank 0, and sent to the other ranks: every rank conditions on the very same
+    tensors (ranks on other GPU models could round differently), and the others never place the encoder."""
+    import torch.distributed as dist
+
+    from .parallel.groups import broadcast_from_first
+
+    if dist.get_rank() == 0:
+        embeds = encode_text(text_encoder, positive, negative, _Unshared(host), budget_gb)
+        broadcast_from_first([embeds.positive, embeds.negative], 2)
+        return embeds
+    return TextEmbeds(*broadcast_from_first(None, 2))
+
+
+class _Unshared:
+    """``host`` for rank 0's own encoding (the host's services, without sharing the text again)."""
+
+    shares_text = False
+
+    def __init__(self, host: Host):
+        self._host = host
+
+    def __getattr__(self, name: str):
+        return getattr(self._host, name)
 
 
 def vae_tile(vae: WanVAE, tiling: str, latent_h: int, latent_w: int, host: Host) -> int | None:

@@ -116,6 +116,29 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def broadcast_from_first(tensors: list[torch.Tensor] | None, count: int) -> list[torch.Tensor]:
+    """Rank 0's ``count`` tensors (float32 / bf16 / fp16, up to 4-D) on every rank of the process group, on the CPU:
+    rank 0 passes them, the others None (their shapes and dtypes come first, in one small tensor)."""
+    device = _collective_device()
+    header = torch.zeros(count, 6, dtype=torch.int64, device=device)
+    if tensors is not None:
+        for row, tensor in zip(header, tensors):
+            row[0], row[1] = _DTYPES.index(tensor.dtype), tensor.dim()
+            row[2:2 + tensor.dim()] = torch.tensor(tensor.shape)
+    dist.broadcast(header, src=0)
+    out = []
+    for i, row in enumerate(header.tolist()):
+        shape, dtype = row[2:2 + row[1]], _DTYPES[row[0]]
+        value = tensors[i].to(device).contiguous() if tensors is not None else torch.empty(shape, dtype=dtype,
+                                                                                         device=device)
+        dist.broadcast(value, src=0)
+        out.append(value.cpu())
+    return out
+
+
 def cfg_parallel_denoiser(model, context: torch.Tensor, negative: torch.Tensor, scale: float, groups: ParallelGroups,
                           **conditioning):
     """``denoise(x, t)`` = uncond + scale (cond - uncond) with this rank computing its branch only (the prompt on
