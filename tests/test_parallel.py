@@ -160,6 +160,7 @@ def test_a_torchrun_cli_render_writes_the_single_process_video(tmp_path, paralle
                            capture_output=True, text=True, timeout=600)
     assert split.returncode == 0, split.stderr[-3000:]
     assert split.stderr.count("text encoder memory plan") == 1  # rank 0 encodes, the others receive the embeddings
+    assert split.stdout.strip().splitlines() == [str(tmp_path / "split.mp4")]  # named once, by rank 0
     one, many = (load_file(tmp_path / f"{name}.latent.safetensors")["latent"] for name in ("one", "split"))
     assert ((many - one).abs().max() / one.abs().max()).item() <= 1e-5
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["one.mp4", "split.mp4"]

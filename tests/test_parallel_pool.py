@@ -204,3 +204,19 @@ def test_a_step_cache_under_ulysses_skips_as_the_single_process_render(demo, kin
         StandaloneHost("cpu")) for c in (cache, None))
     assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5
     assert ((plain - one).abs().max() / one.abs().max()).item() > 1e-3  # the cache did skip steps
+
+
+def test_streamed_blocks_and_context_windows_render_unchanged_on_the_workers(demo):
+    """A budget that streams the blocks and 9-frame context windows over 17 frames (3 windows per step): the pool's
+    render equals the single process's."""
+    paths = demo[1]
+    base = _job(paths)
+    choices = dict(CHOICES, vram_budget=0.01, context=wan_core.ContextWindows(9, 4))
+    request = SampleRequest(64, 48, 17)
+    job = RenderJob(base.model, base.embeds, RenderSettings(**choices, parallel=ParallelSettings(2)), request)
+    try:
+        split = wan_core.render_parallel(job, StandaloneHost("cpu"), _spec())
+    finally:
+        wan_core.shutdown_pool()
+    one = RenderJob(base.model, base.embeds, RenderSettings(**choices), request).run(StandaloneHost("cpu"))
+    assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5

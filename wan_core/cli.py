@@ -215,9 +215,10 @@ def _format_for(path: Path) -> str:
     return {"mp4": "mp4", "webm": "webm", "gif": "gif", "mov": "mov", "": "png"}.get(suffix, suffix)
 
 
-def run(argv: list[str] | None = None) -> Path:
+def run(argv: list[str] | None = None) -> Path | None:
     """Parse ``argv``, check the whole render (files by their headers, sizes, settings, memory), then render
-    and return the written path. Nothing heavy is loaded before every check has passed."""
+    and return the written path (None on the other ranks of a torchrun render). Nothing heavy is loaded before
+    every check has passed."""
     args = _parser().parse_args(argv)
     if args.task == "replay":
         from .replay import replay_argv
@@ -239,8 +240,8 @@ def run(argv: list[str] | None = None) -> Path:
                                   f"({str(err).splitlines()[0][:300]}); nothing was written, the resume file keeps "
                                   "the last finished step: run the same command again to go on") from err
             raise
-        if rank():  # every rank holds the same latent; rank 0 decodes and writes
-            return args.out
+        if rank():  # every rank holds the same latent; rank 0 decodes, writes and names the file
+            return None
         return _decode_and_write(args, plan, manifest, raw)
     finally:
         if joined:
@@ -596,5 +597,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; nothing was written\n")
         return 130
-    sys.stdout.write(f"{path}\n")
+    if path is not None:
+        sys.stdout.write(f"{path}\n")
     return 0

@@ -89,8 +89,8 @@ class SequenceParallelRunner:
         self.degree, self.rank = dist.get_world_size(group), dist.get_rank(group)
 
     def __call__(self, blocks, h: torch.Tensor, inputs) -> torch.Tensor:
-        heads = blocks[0].self_attn.heads
-        check_degree(heads, self.degree)
+        heads = h.shape[-1] // (2 * inputs.rotation[0].shape[-1])  # rotary tables: [L, 1, head_dim / 2]
+        check_degree(heads, self.degree)  # (blocks may be streamed or compiled stand-ins: not asked)
         bounds = shard_bounds(h.shape[1], self.degree)
         start, end = bounds[self.rank]
         out = self.inner(blocks, h[:, start:end].contiguous(), self._shard_inputs(inputs, bounds, h.shape[1]))
