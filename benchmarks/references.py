@@ -58,3 +58,13 @@ def wan_module(name: str):
     if name == "modules.model":
         module.flash_attention = sdpa_flash_attention
     return module
+
+
+def exact_attention_with_lse(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_):
+    """fp32 stand-in for yunchang's ``pytorch_attn_forward`` (whose flash kernel is CUDA-only): q / k / v
+    ``[B, L, heads, d]`` -> (out ``[B, L, heads, d]``, log-sum-exp of the scores ``[B, heads, L]``)."""
+    q, k, v = (t.float().transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale)
+    if causal:
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2), scores.logsumexp(-1)

@@ -10,7 +10,7 @@ class WanCoreParallel:
     DESCRIPTION = ("Renders with several GPUs of this machine: the sampler's GPU and worker processes on the others, "
                    "started on the first render and kept for the next ones (Unload models ends them). ulysses ranks "
                    "share each step's video tokens (DeepSpeed-Ulysses); cfg 2 computes the prompt and the negative "
-                   "prompt on two groups of ranks at once. Needs ulysses x cfg GPUs; ulysses must divide the "
+                   "prompt on two groups of ranks at once. Needs ulysses x ring x cfg GPUs; ulysses must divide the "
                    "model's attention heads (12 for 1.3B, 40 for 14B, 24 for 5B). The video is the one-GPU video.")
     CATEGORY = "WanCore/sampling"
     RETURN_TYPES = ("WANCORE_PARALLEL",)
@@ -28,10 +28,13 @@ class WanCoreParallel:
                      "rank 0). Empty: the next ones of this machine. cpu: workers on the CPU (slow; for tests)."}),
             "timeout_s": ("INT", {"default": 600, "min": 10, "max": 7200, "tooltip": "How long a rank waits for the "
                           "others before the render fails (a worker that died or hangs)."}),
+            "ring": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "More ranks sharing the tokens than the "
+                     "heads split: ulysses x ring ranks, ring attention across the Ulysses groups (needs the yunchang "
+                     "package, bf16 / fp16 on GPUs, and a size whose tokens the ranks divide)."}),
         }}
 
-    def settings(self, ulysses, cfg, gpus="", timeout_s=600):
-        degrees = ParallelSettings(ulysses, cfg)
+    def settings(self, ulysses, cfg, gpus="", timeout_s=600, ring=1):
+        degrees = ParallelSettings(ulysses, cfg, ring)
         devices = pool_devices(gpus, degrees.degree, host.compute_device(), host.gpu_count())
         return (PoolSpec(devices, degrees, float(timeout_s)),)
 

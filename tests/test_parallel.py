@@ -271,3 +271,67 @@ def test_a_killed_rank_ends_the_torchrun_render_on_every_rank_and_the_rerun_resu
     assert single.returncode == 0, single.stderr[-2000:]
     one, split = (load_file(tmp_path / f"{n}.latent.safetensors")["latent"] for n in ("one", "split"))
     assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5
+
+
+def _ring_worker(rank: int, world: int, port: int, degrees: str, out: str) -> None:
+    """Ring attention (yunchang, its CUDA-only flash kernel replaced by an exact fp32 one) alone or under Ulysses."""
+    from yunchang.ring import ring_pytorch_attn
+
+    from benchmarks.references import exact_attention_with_lse
+    from wan_core.parallel import ParallelSettings, parallel_groups
+
+    ring_pytorch_attn.pytorch_attn_forward = exact_attention_with_lse
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_grad_enabled(False)
+    errors = {}
+    try:
+        groups = parallel_groups(ParallelSettings.parse(degrees))
+        for kind in ("t2v", "vace"):
+            model, x, t, context, kwargs = _forward_case(kind, 8, 10)  # 60 tokens: 30 / 15 per rank
+            whole = model(x, t, context, **kwargs)
+            runner = SequenceParallelRunner(wan_core.ResidentRunner(), groups.sequence, groups.ulysses, groups.ring)
+            split = model(x, t, context, render=wan_core.RenderContext(runner=runner), **kwargs)
+            errors[kind] = ((split - whole).abs().max() / whole.abs().max()).item()
+    finally:
+        dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(errors, f)
+
+
+@pytest.mark.parametrize("degrees", ["ring=2", "ulysses=2,ring=2"])
+def test_ring_attention_shares_the_tokens_beyond_what_the_heads_split(tmp_path, degrees):
+    """ring=2 on 2 ranks, and Ulysses 2 x ring 2 on 4 (the tiny models' 2 heads cannot split 4 ways): the forward
+    equals the single-process one on every rank."""
+    from wan_core.parallel import ParallelSettings
+
+    world = ParallelSettings.parse(degrees).degree
+    mp.spawn(_ring_worker, args=(world, _free_port(), degrees, str(tmp_path / "ring")), nprocs=world)
+    for rank in range(world):
+        errors = json.loads((tmp_path / f"ring.{rank}").read_text())
+        assert len(errors) == 2 and all(e <= 1e-5 for e in errors.values()), (rank, errors)
+
+
+def test_ring_settings_name_their_needs(monkeypatch):
+    import importlib.util
+
+    from wan_core.parallel import ParallelSettings, check_degree
+    from wan_core.parallel.sequence import check_ring_kernel, check_ring_tokens
+
+    settings = ParallelSettings.parse("ulysses=4,cfg=2,ring=2")
+    assert (settings.degree, settings.sequence, str(settings)) == (16, 8, "ulysses=4,cfg=2,ring=2")
+    assert wan_core.RenderSettings.from_manifest(json.loads(json.dumps(
+        wan_core.RenderSettings(parallel=settings).to_manifest()))).parallel == settings
+    settings.check_for(12, 16)
+    with pytest.raises(wan_core.InputError, match=r"share the tokens of 8 ranks as ulysses=4,ring=2"):
+        check_degree(12, 8)
+    with pytest.raises(wan_core.InputError, match="the 45 video tokens of this size do not divide by the 4 ranks"):
+        check_ring_tokens(45, 4)
+    check_ring_kernel(torch.device("cuda"), torch.bfloat16)
+    with pytest.raises(wan_core.InputError, match="on CUDA GPUs in bf16 or fp16; this render computes in float32 on "
+                                                  "cpu"):
+        check_ring_kernel(torch.device("cpu"), torch.float32)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "yunchang" else real(name, *a))
+    with pytest.raises(wan_core.InputError, match="ring=2 runs yunchang's ring attention, which is not installed"):
+        settings.check_for(12, 16)

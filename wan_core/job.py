@@ -22,6 +22,7 @@ from .constants import VAE_STRIDE, video_frames
 from .errors import InputError
 from .host import Host
 from .parallel import SequenceParallelRunner, parallel_groups
+from .parallel.sequence import check_ring_kernel, check_ring_tokens
 from .runtime.context import RenderContext
 from .runtime.file_pages import release_file_pages
 from .runtime.memory_plan import UNLIMITED, MemoryPlan, plan_for
@@ -129,6 +130,11 @@ class RenderJob:
         check_tensors(model, self.embeds.positive, self.embeds.negative, self.latent, cond.get("clip_fea"),
                       cond.get("y"), self.shape, cond.get("vace_context"))
         check_fixed(config, self.fixed, self.shape, "fixed_frames")
+        parallel = self.settings.parallel
+        if parallel is not None and parallel.ring > 1:
+            check_ring_kernel(torch.device(device), dtype)
+            if config is not None:
+                check_ring_tokens(config.tokens(self.call_shape), parallel.sequence)
         if host is not None:
             check_room(host, model, self.settings, self.shape, self.references)
 
@@ -213,8 +219,8 @@ class RenderJob:
         groups = None
         if settings.parallel is not None:  # a render over several processes (torchrun, a pool): this rank's share
             groups = parallel_groups(settings.parallel)
-            if settings.parallel.ulysses > 1:
-                runner = SequenceParallelRunner(runner, groups.sequence)
+            if settings.parallel.sequence > 1:
+                runner = SequenceParallelRunner(runner, groups.sequence, groups.ulysses, groups.ring)
         if settings.cache is not None:  # outermost: it decides on the whole sequence, the same on every rank
             _, _, frames, h, w = self.shape
             inner = runner

@@ -8,6 +8,7 @@ same solver step, so every rank holds the same latent after every step.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -19,14 +20,17 @@ from .sequence import check_degree
 
 @dataclass(frozen=True)
 class ParallelSettings:
-    """Degrees of a render over several processes: ``ulysses`` ranks share the tokens, ``cfg`` (1 or 2) splits the
-    two CFG branches; the render needs ``ulysses x cfg`` processes."""
+    """Degrees of a render over several processes: ``ulysses`` x ``ring`` ranks share the tokens (Ulysses splits the
+    heads, which it must divide; ring attention, from yunchang, passes keys / values around the ring for what the
+    heads cannot split further), ``cfg`` (1 or 2) splits the two CFG branches; the render needs ``ulysses x ring x
+    cfg`` processes."""
 
     ulysses: int = 1
     cfg: int = 1
+    ring: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("ulysses", "cfg"):
+        for name in ("ulysses", "cfg", "ring"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"parallel {name} must be a whole number of processes (at least 1), got {value!r}")
@@ -36,26 +40,35 @@ class ParallelSettings:
     @property
     def degree(self) -> int:
         """Processes the render needs."""
-        return self.ulysses * self.cfg
+        return self.sequence * self.cfg
+
+    @property
+    def sequence(self) -> int:
+        """Ranks sharing one branch's tokens."""
+        return self.ulysses * self.ring
 
     @classmethod
     def parse(cls, text: str) -> ParallelSettings:
-        """``"ulysses=4,cfg=2"`` (either part optional) -> settings; anything else is an :class:`InputError`."""
+        """``"ulysses=4,cfg=2"`` (each part optional; ``ring=N`` too) -> settings; anything else is an
+        :class:`InputError`."""
         values = {}
         for part in filter(None, (p.strip() for p in str(text).split(","))):
             name, _, value = part.partition("=")
-            if name not in ("ulysses", "cfg") or not value.strip().isdigit():
-                raise InputError(f"--parallel takes ulysses=N,cfg=1|2 (e.g. ulysses=4,cfg=2), got {text!r}")
+            if name not in ("ulysses", "cfg", "ring") or not value.strip().isdigit():
+                raise InputError(f"--parallel takes ulysses=N,cfg=1|2[,ring=N] (e.g. ulysses=4,cfg=2), got {text!r}")
             values[name] = int(value)
         return cls(**values)
 
     def __str__(self) -> str:
-        return f"ulysses={self.ulysses},cfg={self.cfg}"
+        return f"ulysses={self.ulysses},cfg={self.cfg}" + (f",ring={self.ring}" if self.ring > 1 else "")
 
     def check_for(self, heads: int | None, world: int | None) -> None:
         """The degrees against the model's ``heads`` and the ``world`` size (None: not known here)."""
         if heads is not None:
-            check_degree(heads, self.ulysses)
+            check_degree(heads, self.ulysses, ring=self.ring)
+        if self.ring > 1 and importlib.util.find_spec("yunchang") is None:
+            raise InputError(f"ring={self.ring} runs yunchang's ring attention, which is not installed: pip install "
+                             "yunchang, or use a Ulysses degree that divides the heads alone")
         if world is not None and world != self.degree:
             raise InputError(f"--parallel {self} needs {self.degree} processes, this run has {world}: launch with "
                              f"torchrun --nproc-per-node {self.degree}, or change the degrees")
@@ -69,11 +82,13 @@ class ParallelGroups:
     rank: int
     sequence: object  # process group of the ranks sharing this branch's tokens
     pair: object | None  # process group of the two ranks of this token shard's branches (cfg 2), else None
+    ulysses: object = None  # with ring > 1: this rank's Ulysses group (consecutive ranks) within its branch
+    ring: object = None  # with ring > 1: this rank's ring (every ulysses-th rank) within its branch
 
     @property
     def branch(self) -> int:
         """0: this rank computes the prompt's branch, 1: the negative prompt's."""
-        return self.rank // self.settings.ulysses
+        return self.rank // self.settings.sequence
 
     def barrier(self) -> None:
         dist.barrier()
@@ -98,11 +113,24 @@ def parallel_groups(settings: ParallelSettings) -> ParallelGroups:
         world, rank = dist.get_world_size(), dist.get_rank()
         if world != settings.degree:
             raise InputError(f"--parallel {settings} needs {settings.degree} processes, this run has {world}")
-        u = settings.ulysses
-        sequences = [dist.new_group(list(range(c * u, (c + 1) * u))) for c in range(settings.cfg)]
-        pairs = [dist.new_group([s, s + u]) for s in range(u)] if settings.cfg == 2 else None
-        _GROUPS[settings] = ParallelGroups(settings, rank, sequences[rank // u], None if pairs is None else
-                                           pairs[rank % u])
+        n, u, r = settings.sequence, settings.ulysses, settings.ring
+        sequences = [dist.new_group(list(range(c * n, (c + 1) * n))) for c in range(settings.cfg)]
+        pairs = [dist.new_group([s, s + n]) for s in range(n)] if settings.cfg == 2 else None
+        mine = {}
+        if r > 1:  # within each branch: Ulysses groups of consecutive ranks, rings across them
+            for c in range(settings.cfg):
+                for g in range(r):
+                    members = [c * n + g * u + j for j in range(u)]
+                    group = dist.new_group(members)
+                    if rank in members:
+                        mine["ulysses"] = group
+                for j in range(u):
+                    members = [c * n + g * u + j for g in range(r)]
+                    group = dist.new_group(members)
+                    if rank in members:
+                        mine["ring"] = group
+        _GROUPS[settings] = ParallelGroups(settings, rank, sequences[rank // n], None if pairs is None else
+                                           pairs[rank % n], mine.get("ulysses"), mine.get("ring"))
     return _GROUPS[settings]
 
 
