@@ -141,6 +141,7 @@ def test_ulysses_forward_equals_the_official_wan22_sequence_parallel_code(tmp_pa
 def test_a_torchrun_cli_render_writes_the_single_process_video(tmp_path, parallel):
     """``torchrun --nproc-per-node N -m wan_core t2v --demo ... --parallel ...`` on CPU (gloo): rank 0 writes the
     video, whose latent equals the single-process render's within 1e-5; the other ranks write nothing."""
+    import re
     import subprocess
     import sys
 
@@ -161,6 +162,7 @@ def test_a_torchrun_cli_render_writes_the_single_process_video(tmp_path, paralle
     assert split.returncode == 0, split.stderr[-3000:]
     assert split.stderr.count("text encoder memory plan") == 1  # rank 0 encodes, the others receive the embeddings
     assert split.stdout.strip().splitlines() == [str(tmp_path / "split.mp4")]  # named once, by rank 0
+    assert len(re.findall(r"sampling +2/2", split.stderr)) == 1  # one progress display: rank 0's
     one, many = (load_file(tmp_path / f"{name}.latent.safetensors")["latent"] for name in ("one", "split"))
     assert ((many - one).abs().max() / one.abs().max()).item() <= 1e-5
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["one.mp4", "split.mp4"]

@@ -210,6 +210,10 @@ def _parallel_settings(text: str):
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
 def _format_for(path: Path) -> str:
     suffix = path.suffix.lower().lstrip(".")
     return {"mp4": "mp4", "webm": "webm", "gif": "gif", "mov": "mov", "": "png"}.get(suffix, suffix)
@@ -227,6 +231,8 @@ def run(argv: list[str] | None = None) -> Path | None:
     from .parallel.launch import join_process_group, leave_process_group, rank
 
     joined = join_process_group(args.parallel, args.device)
+    if rank():  # the other ranks of a torchrun render: warnings and errors only, no progress display
+        logging.getLogger("wan_core").setLevel(logging.WARNING)
     try:
         if joined and args.demo:  # rank 0 writes the demo files, the others find them written
             _demo_files_once(args.models / "demo")
@@ -410,6 +416,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     from .loading.checkpoint import inspect_kind
     from .loading.dit import fp8_storage, inspect_dit
     from .models.experts import EXPERT_DEFAULTS
+    from .parallel.launch import rank
     from .pipeline import check_task
     from .sampling.request import SampleRequest
     from .vace import vace_request
@@ -465,7 +472,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     settings.check_for(config, request.latent_shape(config), device, placement.compute_dtype)
     extension = _extension(args, size["frames"], request.latent_shape(config)[2])
     host = StandaloneHost(device, resume_folder=args.out.parent / RESUME_FOLDER, logger=log,
-                          on_progress=ProgressDisplay(sys.stderr, log), shares_text=args.parallel is not None)
+                          on_progress=_no_progress if rank() else ProgressDisplay(sys.stderr, log),
+                          shares_text=args.parallel is not None)
     return _Plan(paths, size, settings, fmt, host, images, _loras(args, config, args.lora),
                  _vace_inputs(args), loras_low=_loras(args, config, args.lora_low), extension=extension)
 
