@@ -220,3 +220,13 @@ def test_streamed_blocks_and_context_windows_render_unchanged_on_the_workers(dem
         wan_core.shutdown_pool()
     one = RenderJob(base.model, base.embeds, RenderSettings(**choices), request).run(StandaloneHost("cpu"))
     assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5
+
+
+def test_a_finished_render_leaves_no_tensors_in_the_store(demo):
+    job = _job(demo[1])
+    try:
+        wan_core.render_parallel(job, StandaloneHost("cpu"), _spec())
+        store = pool_module.current_pool().store
+        assert not store.check(["job/0/tensors"]) and store.check(["job/0", "done/0/1"])
+    finally:
+        wan_core.shutdown_pool()

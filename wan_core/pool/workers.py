@@ -144,6 +144,7 @@ class WorkerPool:
             out = job.run(host, on_stop)
         except RenderInterrupted:
             self._await(f"done/{n}", "stop after the interrupt")
+            self._forget(n)
             raise
         except BaseException as err:
             problem = self._worker_problem()
@@ -153,7 +154,14 @@ class WorkerPool:
                                   "render starts them again (and resumes from the last finished step)") from err
             raise
         self._await(f"done/{n}", "finish the render")
+        self._forget(n)
         return out
+
+    def _forget(self, n: int) -> None:
+        """Drop job ``n``'s blob from the store once every worker has finished it (a render's tensors would stay in
+        this process's memory otherwise)."""
+        for key in (f"job/{n}/tensors", f"job/{n}/resume"):
+            self.store.delete_key(key)
 
     def _await(self, key: str, what: str) -> None:
         """Wait for ``key/<rank>`` from every worker, at most the timeout; a worker that exits or posts an error
