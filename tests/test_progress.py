@@ -101,6 +101,32 @@ def test_the_display_draws_a_bar_with_rate_and_time_left_on_a_terminal():
     assert eta_text(65) == "1:05" and eta_text(3725.2) == "1:02:06" and eta_text(0.2) == "1 s"
 
 
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows for ``text``: each line as its last carriage return left it, erase-to-end
+    codes dropped."""
+    return [line.rsplit("\r", 1)[-1].replace("\x1b[K", "") for line in text.split("\n")]
+
+
+def test_a_log_record_during_a_bar_prints_above_it_and_the_bar_is_drawn_again():
+    from wan_core.display import BarAwareHandler
+
+    stream = io.StringIO()
+    display = ProgressDisplay(stream, tty=True, clock=lambda: 0.0)
+    logger = logging.getLogger("test.display.bar")
+    logger.propagate, handler = False, BarAwareHandler(stream)
+    logger.addHandler(handler)
+    try:
+        display("sampling", 1, 3)
+        logger.warning("a warning between two steps")
+        display("sampling", 2, 3)
+        display("sampling", 3, 3)
+        logger.warning("after the stage")
+    finally:
+        logger.removeHandler(handler)
+    assert _screen(stream.getvalue()) == ["a warning between two steps",
+                                          "sampling     3/3 [########################]", "after the stage", ""]
+
+
 def test_the_display_logs_plain_lines_off_a_terminal(caplog):
     stream = io.StringIO()
     display = ProgressDisplay(stream, logging.getLogger("test.display"), tty=False, clock=lambda: 0.0)

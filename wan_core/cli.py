@@ -595,8 +595,11 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)
+    from .display import BarAwareHandler
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        handlers=[BarAwareHandler(sys.stderr)])
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         path = run(argv)
     except WanCoreError as err:
@@ -605,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; nothing was written\n")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a caller's own handler (main() run in-process) comes back
     if path is not None:
         sys.stdout.write(f"{path}\n")
     return 0

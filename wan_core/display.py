@@ -52,6 +52,7 @@ class ProgressDisplay:
         if self.tty:
             self.stream.write(f"\r{text}\x1b[K" + ("\n" if done >= total else ""))
             self.stream.flush()
+            _DRAWN[id(self.stream)] = text if done < total else None
         elif stage == "sampling" or done >= total or _quarter(done, total) > _quarter(done - 1, total):
             self.log.info(text)
         if done >= total:
@@ -68,6 +69,24 @@ class ProgressDisplay:
             rate = f"{per:.2f} s/{unit}" if per >= 0.1 else f"{1 / per:.1f} {unit}s/s"
             text += f" {rate}, {eta_text(per * (total - done))} left" if done < total else f" {rate}"
         return text
+
+
+_DRAWN: dict[int, str | None] = {}
+"""The bar each terminal stream (by id) shows on its last, unfinished line: what a log record clears and redraws."""
+
+
+class BarAwareHandler(logging.StreamHandler):
+    """A log handler for the terminal a :class:`ProgressDisplay` draws on: a record first clears the bar's line,
+    then the bar is drawn again below it (without it, records run into the bar's line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        drawn = _DRAWN.get(id(self.stream))
+        if drawn:
+            self.stream.write("\r\x1b[K")
+        super().emit(record)
+        if drawn:
+            self.stream.write(f"\r{drawn}\x1b[K")
+            self.flush()
 
 
 def _quarter(done: int, total: int) -> int:
