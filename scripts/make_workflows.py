@@ -246,6 +246,15 @@ def _long_t2v() -> list[dict]:
     return nodes
 
 
+def _four_gpus() -> list[dict]:
+    """t2v 14B 720p on 4 GPUs of one machine: the sampler's GPU and 3 workers, ulysses 2 x cfg 2."""
+    nodes = _t2v("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", 1280, 720, "WanCore/t2v_14B_4gpu")
+    nodes[4]["links"]["parallel"] = (40, 0)
+    nodes.append({"id": 40, "type": "WanCoreParallel", "pos": (420, 560),
+                  "widgets": {"ulysses": 2, "cfg": 2, "gpus": "", "timeout_s": 600, "ring": 1}})
+    return nodes
+
+
 def _extended(nodes: list[dict], frames: int, conditioning: dict) -> list[dict]:
     """``nodes`` (a render) continued by Wan Extend to ``frames`` in latent space, decoded once at the end."""
     sampler = next(n for n in nodes if n["type"] == "WanCoreSampler")
@@ -298,6 +307,7 @@ WORKFLOWS = {
     "wan2.1_t2v_1.3B_241_context_windows": _long_t2v,
     "wan2.1_i2v_480p_extend_20s": _i2v_extended,
     "wan2.1_vace_1.3B_extend_latent": _vace_extended,
+    "wan2.1_t2v_14B_4gpu": _four_gpus,
 }
 
 
