@@ -275,6 +275,34 @@ def test_a_killed_rank_ends_the_torchrun_render_on_every_rank_and_the_rerun_resu
     assert ((split - one).abs().max() / one.abs().max()).item() <= 1e-5
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds torchrun's worker processes in /proc")
+def test_a_rank_torchrun_stops_names_why_and_writes_nothing(tmp_path):
+    """torchrun ends the other ranks with SIGTERM when one fails (often before they see the broken connection):
+    rank 0 sent SIGTERM after step 1 says it was stopped and why, not "interrupted", and nothing is written."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    args = ["t2v", "--demo", "--models", str(tmp_path / "models"), "--prompt", "a fox", "--steps", "30", "--frames",
+            "5", "--width", "64", "--height", "48", "--out", str(tmp_path / "split.mp4"), "--parallel", "ulysses=2"]
+    run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                            str(_free_port()), "-m", "wan_core", *args], stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in run.stderr:
+        lines.append(line)
+        if re.search(r"sampling +1/30", line):
+            break
+    assert lines and re.search(r"sampling +1/30", lines[-1]), "".join(lines)[-3000:]
+    os.kill(_rank_process(run.pid, 0), signal.SIGTERM)
+    rest = run.stderr.read()
+    assert run.wait(timeout=120) != 0, rest[-3000:]
+    assert "rank 0: torchrun stopped this rank (another rank of the parallel render stopped or failed" in rest, \
+        rest[-3000:]
+    assert "interrupted" not in rest
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*partial*"))
+
+
 def _ring_worker(rank: int, world: int, port: int, degrees: str, out: str) -> None:
     """Ring attention (yunchang, its CUDA-only flash kernel replaced by an exact fp32 one) alone or under Ulysses."""
     from yunchang.ring import ring_pytorch_attn

@@ -246,6 +246,12 @@ def run(argv: list[str] | None = None) -> Path | None:
                                   f"({str(err).splitlines()[0][:300]}); nothing was written, the resume file keeps "
                                   "the last finished step: run the same command again to go on") from err
             raise
+        except KeyboardInterrupt as err:  # torchrun's SIGTERM: it ends the other ranks when one fails (or is stopped)
+            if not joined:
+                raise
+            raise RenderError(f"rank {rank()}: torchrun stopped this rank (another rank of the parallel render stopped "
+                              "or failed, or the launch itself was stopped); nothing was written, the resume file "
+                              "keeps the last finished step: run the same command again to go on") from err
         if rank():  # every rank holds the same latent; rank 0 decodes, writes and names the file
             return None
         return _decode_and_write(args, plan, manifest, raw)
